@@ -1,0 +1,148 @@
+//! The admin listener: liveness, readiness, the running config, the route table, reloads.
+//!
+//! It runs on its own thread and runtime, apart from the workers, so that a busy data plane never
+//! starves the operator's view of it (and the other way round).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::app::Shared;
+
+pub struct AdminServer {
+    address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    pub fn start(address: SocketAddr, shared: Arc<Shared>) -> std::io::Result<AdminServer> {
+        let listener = std::net::TcpListener::bind(address)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener cannot bind {address}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        if !address.ip().is_loopback() {
+            tracing::warn!(%address, "the admin listener is reachable from other hosts");
+        }
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("gatehouse-admin".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the admin runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot register the admin socket");
+                        return;
+                    }
+                };
+                let app = router(shared);
+                let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                });
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+        })?;
+        tracing::info!(%address, "admin listening");
+        Ok(AdminServer { address, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/config", get(config))
+        .route("/routes", get(routes))
+        .route("/reloads", get(reloads))
+        .route("/reload", post(reload))
+        .with_state(shared)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let listeners: Vec<_> = shared
+        .listeners()
+        .iter()
+        .map(|(name, address)| json!({"name": name, "address": address.to_string()}))
+        .collect();
+    Json(json!({"ready": true, "generation": shared.generation(), "listeners": listeners}))
+}
+
+async fn config(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let snap = shared.snapshot.load();
+    Json(json!({"generation": snap.generation, "config": &*snap.config}))
+}
+
+async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let snap = shared.snapshot.load();
+    let listeners: Vec<_> = snap
+        .listeners
+        .iter()
+        .map(|l| {
+            let entries: Vec<_> = crate::route::describe::entries(&l.table, &snap)
+                .into_iter()
+                .map(|e| serde_json::to_value(e).unwrap_or_default())
+                .collect();
+            json!({"listener": &*l.name, "routes": entries})
+        })
+        .collect();
+    Json(json!({"generation": snap.generation, "listeners": listeners}))
+}
+
+async fn reloads(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(json!({"generation": shared.generation(), "reloads": shared.reloads()}))
+}
+
+async fn reload(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let result = tokio::task::spawn_blocking(move || shared.reload()).await;
+    match result {
+        Ok(Ok(generation)) => (StatusCode::OK, Json(json!({"ok": true, "generation": generation}))),
+        Ok(Err(errors)) => {
+            let list: Vec<_> = errors
+                .diagnostics
+                .iter()
+                .map(|d| json!({"path": d.path, "line": d.span.map(|s| s.line), "column": d.span.map(|s| s.col), "message": d.message}))
+                .collect();
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"ok": false, "errors": list})))
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"ok": false}))),
+    }
+}

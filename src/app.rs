@@ -1,0 +1,233 @@
+//! `Gateway`: wires config, listeners, workers, the admin listener and the config watcher together,
+//! and owns reloads and shutdown.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::admin::AdminServer;
+use crate::config::compile::{Context, compile};
+use crate::config::{self, ConfigErrors, ConfigSource, Vars};
+use crate::proxy::HttpProxy;
+use crate::state::registry::Registry;
+use crate::state::{Snapshot, SnapshotHandle};
+use crate::transport::clock;
+use crate::transport::listener;
+use crate::transport::worker::Workers;
+
+/// How to start a gateway.
+pub struct StartOptions {
+    pub source: ConfigSource,
+    pub vars: Vars,
+    /// Overrides `server.workers`.
+    pub workers: Option<usize>,
+    /// Poll the config file for changes at this interval (file sources only).
+    pub watch: Option<Duration>,
+}
+
+impl StartOptions {
+    pub fn new(source: ConfigSource) -> StartOptions {
+        StartOptions { source, vars: Vars::default(), workers: None, watch: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One reload attempt, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+    pub generation: u64,
+    pub ok: bool,
+    pub errors: Vec<String>,
+}
+
+mod humantime_serde_compat {
+    pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+}
+
+/// What the admin API, signal handlers and the watcher share with the gateway.
+pub struct Shared {
+    pub snapshot: SnapshotHandle,
+    registry: Arc<Registry>,
+    source: ConfigSource,
+    vars: Vars,
+    bound: Vec<(String, SocketAddr)>,
+    generation: AtomicU64,
+    reload_lock: Mutex<()>,
+    reloads: Mutex<VecDeque<ReloadRecord>>,
+    pub started: SystemTime,
+}
+
+impl Shared {
+    /// Reads the config source again and swaps in the new snapshot. On any error the running
+    /// config stays.
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let result = config::load(&self.source, &self.vars).and_then(|loaded| {
+            let ctx = Context { registry: &self.registry, bound: Some(&self.bound), generation, dry_run: false };
+            compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))
+        });
+        match result {
+            Ok(snapshot) => {
+                self.snapshot.store(snapshot);
+                self.generation.store(generation, Ordering::Relaxed);
+                self.record(generation, Ok(()));
+                tracing::info!(generation, "config reloaded");
+                Ok(generation)
+            }
+            Err(errors) => {
+                tracing::error!("config reload failed; the running config stays\n{errors}");
+                self.record(self.generation.load(Ordering::Relaxed), Err(&errors));
+                Err(errors)
+            }
+        }
+    }
+
+    fn record(&self, generation: u64, result: Result<(), &ConfigErrors>) {
+        let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        if reloads.len() == 50 {
+            reloads.pop_front();
+        }
+        reloads.push_back(ReloadRecord {
+            at: SystemTime::now(),
+            generation,
+            ok: result.is_ok(),
+            errors: result.err().map(|e| e.diagnostics.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        });
+    }
+
+    pub fn reloads(&self) -> Vec<ReloadRecord> {
+        self.reloads.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.bound
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    workers: Option<Workers>,
+    admin: Option<AdminServer>,
+    _watcher: Option<config::watch::Watcher>,
+}
+
+impl Gateway {
+    pub fn start(options: StartOptions) -> Result<Gateway, StartError> {
+        clock::tick();
+        let loaded = config::load(&options.source, &options.vars)?;
+        let registry = Registry::new();
+        // Check everything before binding anything, so a bad config fails without side effects.
+        let check = Context { registry: &registry, bound: None, generation: 0, dry_run: true };
+        let checked = compile(&loaded.config, &check).map_err(|d| loaded.locate(d))?;
+        let workers = options.workers.unwrap_or(checked.server.workers).max(1);
+        let mut bound = Vec::new();
+        for l in &checked.listeners {
+            bound.push(listener::bind(&l.name, l.address, workers)?);
+        }
+        drop(checked);
+        let names: Vec<(String, SocketAddr)> = bound.iter().map(|b| (b.name.clone(), b.address)).collect();
+        let ctx = Context { registry: &registry, bound: Some(&names), generation: 1, dry_run: false };
+        let snapshot = compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))?;
+        let admin_config = snapshot.config.admin.clone();
+        let handle = SnapshotHandle::new(snapshot);
+        let shared = Arc::new(Shared {
+            snapshot: handle.clone(),
+            registry,
+            source: options.source.clone(),
+            vars: options.vars,
+            bound: names,
+            generation: AtomicU64::new(1),
+            reload_lock: Mutex::new(()),
+            reloads: Mutex::new(VecDeque::new()),
+            started: SystemTime::now(),
+        });
+        let proxy = Arc::new(HttpProxy::new(handle));
+        let admin = if admin_config.enabled {
+            let address: SocketAddr = admin_config
+                .address
+                .parse()
+                .map_err(|_| std::io::Error::other(format!("invalid admin address {}", admin_config.address)))?;
+            Some(AdminServer::start(address, shared.clone())?)
+        } else {
+            None
+        };
+        let workers = Workers::start(workers, &mut bound, proxy)?;
+        for (name, address) in &shared.bound {
+            tracing::info!(listener = %name, %address, "listening");
+        }
+        let watcher = match (&options.source, options.watch) {
+            (ConfigSource::File(path), Some(interval)) => {
+                let weak = Arc::downgrade(&shared);
+                Some(config::watch::watch(path.clone(), interval, move || {
+                    if let Some(shared) = weak.upgrade() {
+                        tracing::info!("config file changed; reloading");
+                        let _ = shared.reload();
+                    }
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Gateway { shared, workers: Some(workers), admin, _watcher: watcher })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.bound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::address)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load()
+    }
+
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        self.shared.reload()
+    }
+
+    /// Stops accepting, drains in-flight requests (up to `server.timeouts.shutdown_grace`) and stops.
+    pub fn shutdown(mut self) {
+        let grace = self.shared.snapshot.load().server.shutdown_grace;
+        self.shutdown_with(grace);
+    }
+
+    pub fn shutdown_with(&mut self, grace: Duration) {
+        if let Some(workers) = self.workers.take() {
+            workers.shutdown(grace);
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown_with(Duration::ZERO);
+    }
+}

@@ -1,0 +1,97 @@
+//! The subcommands behind `src/main.rs`: run, validate, routes, explain, demo.
+
+mod demo;
+mod explain;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{Gateway, Shared, StartError, StartOptions};
+use crate::config::compile::{Context, compile};
+use crate::config::{self, ConfigSource, Vars};
+use crate::state::Snapshot;
+use crate::state::registry::Registry;
+
+pub use demo::{Demo, DemoOptions, demo};
+pub use explain::{explain, explain_request, routes, routes_text};
+
+/// Exit code for an invalid config (`validate`, and `run` refusing to start).
+pub const EXIT_INVALID_CONFIG: u8 = 2;
+
+/// `gatehouse run`: serve until SIGTERM/SIGINT; SIGHUP and file changes reload.
+pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Result<ExitCode> {
+    let mut options = StartOptions::new(ConfigSource::File(config));
+    options.workers = workers;
+    options.watch = watch.then_some(Duration::from_secs(1));
+    let gateway = match Gateway::start(options) {
+        Ok(g) => g,
+        Err(StartError::Config(errors)) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    wait_for_signals(gateway.shared())?;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks until SIGTERM or SIGINT; reloads on SIGHUP.
+pub fn wait_for_signals(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let shared = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                }
+                _ = terminate.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+            }
+        }
+    })
+}
+
+/// Loads and compiles a config file without starting anything.
+pub fn check(path: &Path, vars: &Vars) -> Result<Snapshot, config::ConfigErrors> {
+    let loaded = config::load(&ConfigSource::File(path.to_owned()), vars)?;
+    let registry = Registry::new();
+    let ctx = Context { registry: &registry, bound: None, generation: 0, dry_run: true };
+    compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))
+}
+
+/// `gatehouse validate`.
+pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    match check(path, &Vars::default()) {
+        Ok(snap) => {
+            println!(
+                "{}: ok ({} listener{}, {} route{}, {} upstream{})",
+                path.display(),
+                snap.listeners.len(),
+                plural(snap.listeners.len()),
+                snap.routes.len(),
+                plural(snap.routes.len()),
+                snap.upstreams.len(),
+                plural(snap.upstreams.len()),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            Ok(ExitCode::from(EXIT_INVALID_CONFIG))
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

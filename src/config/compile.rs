@@ -1,0 +1,685 @@
+//! `compile`: a `LocalConfig` becomes a runtime `Snapshot`, or the complete list of what is wrong.
+//!
+//! Every check on the meaning of a config lives here (names resolve, patterns parse, values are in
+//! range), and every problem is collected with its YAML path, so that `gatehouse validate`, a hot
+//! reload and the admin API report the same errors. Long-lived state (endpoint identity, balancer
+//! positions) is taken from the `Registry`, so an unchanged upstream keeps its pools across reloads.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+use crate::policy::{DirectResponse, HeaderFilter, Redirect, RoutePolicies};
+use crate::proxy::normalize::{EscapedSlashes, PathOptions};
+use crate::route::{
+    HeaderMatcher, HostPattern, PathPattern, PathRewrite, QueryMatcher, RewriteTemplate, RouteId, RouteSpec,
+    RouteTable, ValueMatch,
+};
+use crate::state::registry::Registry;
+use crate::state::{ListenerSettings, Route, ServerSettings, Snapshot, UpstreamHost};
+use crate::telemetry::AccessLogWriter;
+use crate::upstream::{Balancer, Endpoint, PoolSettings, Upstream};
+
+use super::error::Diagnostic;
+use super::types::*;
+
+/// What compile needs besides the config.
+pub struct Context<'a> {
+    pub registry: &'a Registry,
+    /// The listeners the transport has bound, by name and address; a listener's id is its position.
+    /// `None` when only validating: ids follow the config order.
+    pub bound: Option<&'a [(String, SocketAddr)]>,
+    pub generation: u64,
+    /// Validate only: open no files and start no threads.
+    pub dry_run: bool,
+}
+
+/// Collected problems, each at a YAML path.
+#[derive(Default)]
+struct Problems(Vec<Diagnostic>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Diagnostic::new(path, message));
+    }
+}
+
+/// The server settings of an empty config (the documented defaults).
+pub fn default_server_settings() -> ServerSettings {
+    let mut problems = Problems::default();
+    server_settings(&ServerConfig::default(), &mut problems)
+}
+
+pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut problems = Problems::default();
+    let server = server_settings(&config.server, &mut problems);
+    let listeners = listener_names(config, ctx, &mut problems);
+    let upstreams = upstreams(config, ctx.registry, &mut problems);
+    let global = policies(&config.policies, "policies", &mut problems);
+    let (routes, specs) = routes(config, &upstreams, &global, &listeners, &mut problems);
+
+    let access_log = if config.access_log.enabled && !ctx.dry_run {
+        match AccessLogWriter::open(&config.access_log.path) {
+            Ok(writer) => Some(writer),
+            Err(e) => {
+                problems.add("access_log.path", format!("cannot open the access log: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if config.admin.enabled && config.admin.address.parse::<SocketAddr>().is_err() {
+        problems.add("admin.address", format!("\"{}\" is not an ip:port address", config.admin.address));
+    }
+
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+
+    let listeners = listeners
+        .into_iter()
+        .map(|(name, address)| {
+            let table_specs: Vec<RouteSpec> = specs
+                .iter()
+                .filter(|(_, on)| on.as_ref().is_none_or(|names| names.contains(&*name)))
+                .map(|(spec, _)| spec.clone())
+                .collect();
+            ListenerSettings { name, address, table: RouteTable::build(table_specs) }
+        })
+        .collect();
+
+    Ok(Snapshot {
+        generation: ctx.generation,
+        config: Arc::new(config.clone()),
+        server,
+        listeners,
+        routes,
+        upstreams,
+        access_log,
+    })
+}
+
+// === server ===
+
+fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSettings {
+    let workers = match config.workers {
+        Workers::Auto => std::thread::available_parallelism().map_or(1, usize::from),
+        Workers::Count(0) => {
+            problems.add("server.workers", "workers must be at least 1");
+            1
+        }
+        Workers::Count(n) if n > 1024 => {
+            problems.add("server.workers", "workers must be at most 1024");
+            1
+        }
+        Workers::Count(n) => n as usize,
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in config.trusted_proxies.iter().enumerate() {
+        let parsed = text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => problems.add(
+                format!("server.trusted_proxies[{i}]"),
+                format!("\"{text}\" is not an IP address or CIDR block (e.g. 10.0.0.0/8)"),
+            ),
+        }
+    }
+    let request_id_header = HeaderName::from_bytes(config.request_id.header.as_bytes()).unwrap_or_else(|_| {
+        problems
+            .add("server.request_id.header", format!("\"{}\" is not a valid header name", config.request_id.header));
+        HeaderName::from_static("x-request-id")
+    });
+    let limits = &config.limits;
+    if limits.max_uri_length.get() < 64 {
+        problems.add("server.limits.max_uri_length", "must be at least 64 bytes");
+    }
+    if limits.max_header_bytes.get() < 1024 {
+        problems.add("server.limits.max_header_bytes", "must be at least 1KiB");
+    }
+    if limits.max_headers == 0 || limits.max_headers > 10_000 {
+        problems.add("server.limits.max_headers", "must be between 1 and 10000");
+    }
+    let timeouts = &config.timeouts;
+    for (name, value) in [("header_read", timeouts.header_read), ("idle", timeouts.idle)] {
+        if value.get() < Duration::from_millis(10) {
+            problems.add(format!("server.timeouts.{name}"), "must be at least 10ms");
+        }
+    }
+    ServerSettings {
+        workers,
+        trusted_proxies,
+        x_forwarded: config.forwarded_headers.x_forwarded,
+        forwarded: config.forwarded_headers.forwarded,
+        request_id_header,
+        request_id_trust_incoming: config.request_id.trust_incoming,
+        max_uri_length: limits.max_uri_length.as_usize(),
+        max_header_bytes: limits.max_header_bytes.as_usize(),
+        max_headers: limits.max_headers as usize,
+        header_read_timeout: timeouts.header_read.get(),
+        idle_timeout: timeouts.idle.get(),
+        shutdown_grace: timeouts.shutdown_grace.get(),
+        path: PathOptions {
+            escaped_slashes: match config.path.escaped_slashes {
+                EscapedSlashesConfig::Reject => EscapedSlashes::Reject,
+                EscapedSlashesConfig::Decode => EscapedSlashes::Decode,
+                EscapedSlashesConfig::Keep => EscapedSlashes::Keep,
+            },
+            merge_slashes: config.path.merge_slashes,
+        },
+    }
+}
+
+// === listeners ===
+
+fn listener_names(config: &LocalConfig, ctx: &Context<'_>, problems: &mut Problems) -> Vec<(Arc<str>, SocketAddr)> {
+    if config.listeners.is_empty() {
+        problems.add("listeners", "at least one listener is needed");
+    }
+    let mut seen_names = HashSet::new();
+    let mut seen_addrs = HashMap::new();
+    let mut out = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if !valid_name(&l.name) {
+            problems.add(format!("listeners[{i}].name"), name_rule(&l.name));
+        } else if !seen_names.insert(l.name.as_str()) {
+            problems.add(format!("listeners[{i}].name"), format!("listener \"{}\" is defined twice", l.name));
+        }
+        match l.address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addr.port() != 0 {
+                    if let Some(other) = seen_addrs.insert(addr, l.name.as_str()) {
+                        problems.add(
+                            format!("listeners[{i}].address"),
+                            format!("{addr} is already used by listener \"{other}\""),
+                        );
+                    }
+                }
+                out.push((Arc::from(l.name.as_str()), addr));
+            }
+            Err(_) => problems.add(
+                format!("listeners[{i}].address"),
+                format!("\"{}\" is not an ip:port address (e.g. 0.0.0.0:8080 or [::]:8080)", l.address),
+            ),
+        }
+    }
+    if let Some(bound) = ctx.bound {
+        let same = bound.len() == out.len() && bound.iter().zip(&out).all(|((n, _), (m, _))| n == &**m);
+        if !same {
+            problems.add(
+                "listeners",
+                "the listeners differ from the running ones; adding, removing or renaming listeners needs a restart",
+            );
+        } else {
+            // Running listeners keep their bound address (port 0 was resolved at bind time).
+            for ((_, bound_addr), (_, addr)) in bound.iter().zip(out.iter_mut()) {
+                if addr.port() != 0 && addr != bound_addr {
+                    problems.add(
+                        "listeners",
+                        format!("changing a listener's address ({bound_addr} → {addr}) needs a restart"),
+                    );
+                }
+                *addr = *bound_addr;
+            }
+        }
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn name_rule(name: &str) -> String {
+    format!("\"{name}\" is not a valid name: use 1-128 letters, digits, '-', '_' or '.'")
+}
+
+// === upstreams ===
+
+fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems) -> HashMap<Arc<str>, Arc<Upstream>> {
+    let mut out = HashMap::new();
+    for (name, u) in &config.upstreams {
+        let base = format!("upstreams.{name}");
+        if !valid_name(name) {
+            problems.add(base.clone(), name_rule(name));
+        }
+        if u.endpoints.is_empty() {
+            problems.add(format!("{base}.endpoints"), "an upstream needs at least one endpoint");
+        }
+        let mut endpoints = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, e) in u.endpoints.iter().enumerate() {
+            let path = format!("{base}.endpoints[{i}]");
+            match parse_endpoint_url(e.url()) {
+                Ok((host, port)) => {
+                    if e.weight() == 0 || e.weight() > 10_000 {
+                        problems.add(format!("{path}.weight"), "weight must be between 1 and 10000");
+                    }
+                    let key = format!("http://{host}:{port}");
+                    if !seen.insert(key.clone()) {
+                        problems.add(path, format!("endpoint {key} is listed twice"));
+                        continue;
+                    }
+                    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
+                    let authority =
+                        HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+                    endpoints.push(Arc::new(Endpoint {
+                        url: Arc::from(e.url()),
+                        host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
+                        port,
+                        authority,
+                        weight: e.weight().max(1),
+                        state: registry.endpoint(&key),
+                    }));
+                }
+                Err(message) => problems.add(path, message),
+            }
+        }
+        if u.pool.idle_timeout.get() < Duration::from_millis(100) {
+            problems.add(format!("{base}.pool.idle_timeout"), "must be at least 100ms");
+        }
+        for (field, value) in [("connect", u.timeouts.connect), ("response_header", u.timeouts.response_header)] {
+            if value.get() < Duration::from_millis(1) {
+                problems.add(format!("{base}.timeouts.{field}"), "must be at least 1ms");
+            }
+        }
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let balancer = match u.balance {
+            BalanceConfig::RoundRobin => {
+                // Same endpoints and weights → same rotation: it continues across reloads.
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                for e in &endpoints {
+                    e.url.hash(&mut hasher);
+                    e.weight.hash(&mut hasher);
+                }
+                let key = format!("{name}#{:x}", hasher.finish());
+                Balancer::round_robin(&weights, registry.balancer(&key))
+            }
+            BalanceConfig::Random => Balancer::random(&weights),
+        };
+        let upstream = Upstream {
+            name: Arc::from(name.as_str()),
+            endpoints,
+            balancer,
+            connect_timeout: u.timeouts.connect.get(),
+            response_header_timeout: u.timeouts.response_header.get(),
+            pool: PoolSettings {
+                max_idle_per_endpoint: u.pool.max_idle_per_endpoint as usize,
+                idle_timeout: u.pool.idle_timeout.get(),
+            },
+        };
+        out.insert(upstream.name.clone(), Arc::new(upstream));
+    }
+    out
+}
+
+/// `http://host[:port]` → (host, port). Bracketed IPv6 hosts keep their brackets.
+fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL such as http://10.0.0.1:8080"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("\"{url}\": https endpoints are not supported yet; use http://")),
+        Some(other) => return Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http://")),
+        None => return Err(format!("\"{url}\" needs a scheme, e.g. http://{url}")),
+    }
+    let authority = uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("\"{url}\": credentials in endpoint URLs are not supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("\"{url}\": an endpoint URL cannot have a path or query; use a route's rewrite"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    Ok((host, authority.port_u16().unwrap_or(80)))
+}
+
+// === policies ===
+
+fn policies(list: &[PolicyConfig], base: &str, problems: &mut Problems) -> RoutePolicies {
+    let mut out = RoutePolicies::default();
+    let mut kinds = HashSet::new();
+    for (i, policy) in list.iter().enumerate() {
+        let path = format!("{base}[{i}].{}", policy.kind());
+        if !kinds.insert(policy.kind()) {
+            problems.add(format!("{base}[{i}]"), format!("{} appears twice in one policy list", policy.kind()));
+            continue;
+        }
+        let mut report = |errors: Vec<(String, String)>| {
+            for (field, message) in errors {
+                problems.add(format!("{path}.{field}"), message);
+            }
+        };
+        match policy {
+            PolicyConfig::RequestHeaders(c) => match HeaderFilter::compile(c) {
+                Ok(f) => out.request_headers = Some(Arc::new(f)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::ResponseHeaders(c) => match HeaderFilter::compile(c) {
+                Ok(f) => out.response_headers = Some(Arc::new(f)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::DirectResponse(c) => match DirectResponse::compile(c) {
+                Ok(d) => out.direct_response = Some(Arc::new(d)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::Redirect(c) => match Redirect::compile(c) {
+                Ok(r) => out.redirect = Some(Arc::new(r)),
+                Err(e) => report(e),
+            },
+        }
+    }
+    out
+}
+
+/// A route's policies over the global ones: the route's policy of a kind replaces the global one.
+fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
+    RoutePolicies {
+        request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
+        response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
+        direct_response: route.direct_response.or_else(|| global.direct_response.clone()),
+        redirect: route.redirect.or_else(|| global.redirect.clone()),
+    }
+}
+
+// === routes ===
+
+type RouteSpecs = Vec<(RouteSpec, Option<BTreeSet<String>>)>;
+
+fn routes(
+    config: &LocalConfig,
+    upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+    global: &RoutePolicies,
+    listeners: &[(Arc<str>, SocketAddr)],
+    problems: &mut Problems,
+) -> (Vec<Route>, RouteSpecs) {
+    let mut routes = Vec::new();
+    let mut specs = Vec::new();
+    let mut names = HashMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let name = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+        if !valid_name(&name) {
+            problems.add(format!("{base}.name"), name_rule(&name));
+        } else if let Some(first) = names.insert(name.clone(), i) {
+            problems.add(format!("{base}.name"), format!("route \"{name}\" is already defined at routes[{first}]"));
+        }
+        let on = r.listeners.as_ref().map(|list| {
+            for (j, l) in list.iter().enumerate() {
+                if !listeners.iter().any(|(n, _)| &**n == l) {
+                    problems.add(format!("{base}.listeners[{j}]"), format!("no listener is named \"{l}\""));
+                }
+            }
+            list.iter().cloned().collect::<BTreeSet<_>>()
+        });
+
+        let id = i as RouteId;
+        let spec = route_spec(id, &name, r, &base, problems);
+        let route_policies = merge(global, policies(&r.policies, &format!("{base}.policies"), problems));
+
+        let upstream = match &r.upstream {
+            Some(u) => match upstreams.get(u.as_str()) {
+                Some(up) => Some(up.clone()),
+                None => {
+                    let known: Vec<&str> = upstreams.keys().map(|k| &**k).collect();
+                    problems.add(
+                        format!("{base}.upstream"),
+                        format!("no upstream is named \"{u}\" (defined: {})", list_or_none(&known)),
+                    );
+                    None
+                }
+            },
+            None => {
+                if !route_policies.responds() {
+                    problems.add(
+                        base.clone(),
+                        "a route needs an upstream, or a direct_response or redirect policy to answer by itself",
+                    );
+                }
+                None
+            }
+        };
+
+        let rewrite = match (&r.strip_prefix, &r.rewrite) {
+            (Some(_), Some(_)) => {
+                problems.add(format!("{base}.rewrite"), "use either strip_prefix or rewrite, not both");
+                PathRewrite::None
+            }
+            (Some(StripPrefixConfig::Segments(n)), None) => PathRewrite::StripSegments(*n as usize),
+            (Some(StripPrefixConfig::Prefix(p)), None) => {
+                let p = p.trim_end_matches('/');
+                if !p.starts_with('/') || p.contains("//") {
+                    problems.add(format!("{base}.strip_prefix"), format!("\"{p}\" must be a path starting with /"));
+                }
+                PathRewrite::StripPrefix(p.to_owned())
+            }
+            (None, Some(template)) => match RewriteTemplate::parse(template) {
+                Ok(t) => {
+                    if let Some(spec) = &spec {
+                        if let Err(message) =
+                            crate::route::validate_rewrite(&PathRewrite::Template(t.clone()), &spec.paths)
+                        {
+                            problems.add(format!("{base}.rewrite"), message);
+                        }
+                    }
+                    PathRewrite::Template(t)
+                }
+                Err(e) => {
+                    problems.add(format!("{base}.rewrite"), e.to_string());
+                    PathRewrite::None
+                }
+            },
+            (None, None) => PathRewrite::None,
+        };
+        if let (Some(redirect), Some(spec)) = (&route_policies.redirect, &spec) {
+            if let Err(message) = redirect.template().check_against(&spec.paths) {
+                problems.add(format!("{base}.policies"), format!("redirect location: {message}"));
+            }
+        }
+
+        let host = match (r.preserve_host, &r.host_rewrite) {
+            (true, Some(_)) => {
+                problems.add(format!("{base}.host_rewrite"), "use either preserve_host or host_rewrite, not both");
+                UpstreamHost::Endpoint
+            }
+            (true, None) => UpstreamHost::Preserve,
+            (false, Some(h)) => match HeaderValue::from_str(h) {
+                Ok(v) if !h.is_empty() => UpstreamHost::Rewrite(v),
+                _ => {
+                    problems.add(format!("{base}.host_rewrite"), format!("\"{h}\" is not a valid Host value"));
+                    UpstreamHost::Endpoint
+                }
+            },
+            (false, None) => UpstreamHost::Endpoint,
+        };
+        if let Some(t) = r.timeout {
+            if t.get() < Duration::from_millis(1) {
+                problems.add(format!("{base}.timeout"), "must be at least 1ms");
+            }
+        }
+
+        routes.push(Route {
+            id,
+            name: Arc::from(name.as_str()),
+            upstream,
+            rewrite,
+            host,
+            timeout: r.timeout.map(|t| t.get()),
+            policies: route_policies,
+        });
+        if let Some(spec) = spec {
+            specs.push((spec, on));
+        }
+    }
+    (routes, specs)
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        let mut sorted = names.to_vec();
+        sorted.sort_unstable();
+        sorted.join(", ")
+    }
+}
+
+/// The route's match block as a `RouteSpec`, or `None` if any part of it is invalid.
+fn route_spec(id: RouteId, name: &str, r: &RouteConfig, base: &str, problems: &mut Problems) -> Option<RouteSpec> {
+    let before = problems.0.len();
+    let m = &r.matcher;
+    let mut hosts = Vec::new();
+    if let Some(list) = &m.host {
+        for (i, h) in list.as_slice().iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(p) => hosts.push(p),
+                Err(e) => problems.add(list.element_path(&format!("{base}.match.host"), i), e.to_string()),
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    match &m.path {
+        None => match PathPattern::parse("/**") {
+            Ok(p) => paths.push(p),
+            Err(e) => problems.add(format!("{base}.match.path"), e.to_string()),
+        },
+        Some(list) => {
+            if list.as_slice().is_empty() {
+                problems.add(
+                    format!("{base}.match.path"),
+                    "give at least one path pattern, or leave path out to match all paths",
+                );
+            }
+            for (i, p) in list.as_slice().iter().enumerate() {
+                let at = list.element_path(&format!("{base}.match.path"), i);
+                match path_pattern(p) {
+                    Ok(p) => paths.push(p),
+                    Err(message) => problems.add(at, message),
+                }
+            }
+        }
+    }
+    let methods = m.methods.as_ref().map(|list| {
+        let mut out = Vec::new();
+        for (i, text) in list.iter().enumerate() {
+            let upper = text.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !upper.is_empty() => out.push(method),
+                _ => problems.add(format!("{base}.match.methods[{i}]"), format!("\"{text}\" is not an HTTP method")),
+            }
+        }
+        if list.is_empty() {
+            problems.add(
+                format!("{base}.match.methods"),
+                "an empty method list matches nothing; leave methods out to allow all",
+            );
+        }
+        out
+    });
+    let mut headers = Vec::new();
+    for (header, rule) in &m.headers {
+        let at = format!("{base}.match.headers.{header}");
+        let name = match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                problems.add(at, format!("\"{header}\" is not a valid header name"));
+                continue;
+            }
+        };
+        if let Some(kind) = value_match(rule, &at, problems) {
+            headers.push(HeaderMatcher { name, kind });
+        }
+    }
+    let mut query = Vec::new();
+    for (param, rule) in &m.query {
+        let at = format!("{base}.match.query.{param}");
+        if param.is_empty() {
+            problems.add(at, "a query parameter name cannot be empty");
+            continue;
+        }
+        if let Some(kind) = value_match(rule, &at, problems) {
+            query.push(QueryMatcher { name: param.clone(), kind });
+        }
+    }
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(RouteSpec { id, name: Arc::from(name), priority: r.priority, hosts, paths, methods, headers, query })
+}
+
+fn path_pattern(p: &PathMatchConfig) -> Result<PathPattern, String> {
+    match p {
+        PathMatchConfig::Pattern(s) => PathPattern::parse(s).map_err(|e| e.to_string()),
+        PathMatchConfig::Explicit(PathMatchExplicit::Regex(r)) => PathPattern::regex(r).map_err(|e| e.to_string()),
+        PathMatchConfig::Explicit(PathMatchExplicit::Exact(s)) => {
+            if s.contains(['{', '}', '*']) {
+                return Err(format!("\"{s}\": an exact path cannot contain {{, }} or *"));
+            }
+            PathPattern::parse(s).map_err(|e| e.to_string())
+        }
+        PathMatchConfig::Explicit(PathMatchExplicit::Prefix(s)) => {
+            if s.contains(['{', '}', '*']) {
+                return Err(format!("\"{s}\": a prefix cannot contain {{, }} or *"));
+            }
+            let trimmed = s.trim_end_matches('/');
+            PathPattern::parse(&format!("{trimmed}/**")).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn value_match(rule: &ValueMatchConfig, at: &str, problems: &mut Problems) -> Option<ValueMatch> {
+    match rule {
+        ValueMatchConfig::Exact(v) => Some(ValueMatch::Exact(v.clone())),
+        ValueMatchConfig::Rule(r) => {
+            let set = [r.exact.is_some(), r.prefix.is_some(), r.regex.is_some(), r.present.is_some()];
+            if set.iter().filter(|s| **s).count() != 1 {
+                problems.add(at, "use exactly one of exact, prefix, regex or present");
+                return None;
+            }
+            if let Some(v) = &r.exact {
+                return Some(ValueMatch::Exact(v.clone()));
+            }
+            if let Some(v) = &r.prefix {
+                return Some(ValueMatch::Prefix(v.clone()));
+            }
+            if let Some(v) = &r.regex {
+                return match regex::Regex::new(&format!("^(?:{v})$")) {
+                    Ok(re) => Some(ValueMatch::Regex(re)),
+                    Err(e) => {
+                        problems.add(format!("{at}.regex"), format!("invalid regular expression: {e}"));
+                        None
+                    }
+                };
+            }
+            match r.present {
+                Some(true) => Some(ValueMatch::Present),
+                _ => Some(ValueMatch::Absent),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        assert_eq!(parse_endpoint_url("http://10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080));
+        assert_eq!(parse_endpoint_url("http://User.Internal").unwrap(), ("user.internal".into(), 80));
+        assert_eq!(parse_endpoint_url("http://[::1]:81/").unwrap(), ("[::1]".into(), 81));
+        for bad in ["10.0.0.1:80", "ftp://x", "https://x", "http://x/base", "http://u:p@x", "http://x?q", "not a url"] {
+            assert!(parse_endpoint_url(bad).is_err(), "{bad}");
+        }
+    }
+}

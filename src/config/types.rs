@@ -1,0 +1,705 @@
+//! What users write: the config file's types (serde + JSON Schema), and nothing else.
+//!
+//! These types mirror the YAML one to one; they are never used on the request path. `validate` checks
+//! them (collecting every problem) and `compile` turns them into the runtime `Snapshot`.
+//! Every struct denies unknown fields, so a typo is an error with a location, not a silent default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, DurationValue};
+
+/// The whole configuration of one gatehouse node.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Process-wide settings: workers, limits, timeouts, client-address trust, request ids.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The admin listener (health, readiness, the running config and routes).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// One JSON line per request.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Where clients connect. At least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// Named groups of endpoints that routes send traffic to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Which requests go where, in any order: precedence decides (see docs/routing.md).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Policies that apply to every route; a route's own policy of the same kind replaces the global one.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+}
+
+// === server ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads, each with its own listening sockets and upstream connection pools.
+    /// `auto` (the default) is one per CPU core.
+    pub workers: Workers,
+    /// Addresses (IPs or CIDRs) of proxies in front of gatehouse whose `X-Forwarded-For` and
+    /// `Forwarded` headers are believed. From anyone else these headers are replaced.
+    pub trusted_proxies: Vec<String>,
+    /// Which forwarding headers gatehouse adds to upstream requests.
+    pub forwarded_headers: ForwardedHeadersConfig,
+    pub request_id: RequestIdConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: ServerTimeoutsConfig,
+    /// How request paths are normalised before routing.
+    pub path: PathConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: Workers::Auto,
+            trusted_proxies: Vec::new(),
+            forwarded_headers: ForwardedHeadersConfig::default(),
+            request_id: RequestIdConfig::default(),
+            limits: LimitsConfig::default(),
+            timeouts: ServerTimeoutsConfig::default(),
+            path: PathConfig::default(),
+        }
+    }
+}
+
+/// `auto` or a number of worker threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(untagged)]
+pub enum Workers {
+    #[default]
+    #[schemars(with = "AutoKeyword")]
+    Auto,
+    Count(#[schemars(range(min = 1, max = 1024))] u32),
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum AutoKeyword {
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or a number of workers")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Workers, E> {
+                u32::try_from(v).map(Workers::Count).map_err(|_| E::custom("too many workers"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                u32::try_from(v)
+                    .map(Workers::Count)
+                    .map_err(|_| E::custom("workers must be `auto` or a positive number"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    v.parse::<u32>()
+                        .map(Workers::Count)
+                        .map_err(|_| E::custom(format!("workers must be `auto` or a positive number, got \"{v}\"")))
+                }
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardedHeadersConfig {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded: for=…;proto=…;host=…`.
+    pub forwarded: bool,
+}
+
+impl Default for ForwardedHeadersConfig {
+    fn default() -> Self {
+        ForwardedHeadersConfig { x_forwarded: true, forwarded: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestIdConfig {
+    /// The header that carries the request id, to the upstream and back to the client.
+    pub header: String,
+    /// Keep a well-formed id sent by the client (up to 128 visible ASCII characters) instead of
+    /// generating a new one.
+    pub trust_incoming: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        RequestIdConfig { header: "x-request-id".into(), trust_incoming: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest request target (path and query) accepted; longer gets 414.
+    pub max_uri_length: ByteSize,
+    /// Largest total size of request header names and values; larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most request header fields; more gets 431.
+    pub max_headers: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_uri_length: ByteSize::kib(8), max_header_bytes: ByteSize::kib(32), max_headers: 100 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTimeoutsConfig {
+    /// Time a client has to send a complete request head, counted from its first byte (or from
+    /// connect). A slow client is cut off with 408 and cannot hold a worker.
+    pub header_read: DurationValue,
+    /// How long an idle keep-alive client connection stays open between requests.
+    pub idle: DurationValue,
+    /// On shutdown, how long in-flight requests may take to finish before connections are closed.
+    pub shutdown_grace: DurationValue,
+}
+
+impl Default for ServerTimeoutsConfig {
+    fn default() -> Self {
+        ServerTimeoutsConfig {
+            header_read: DurationValue::secs(10),
+            idle: DurationValue::secs(60),
+            shutdown_grace: DurationValue::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathConfig {
+    /// What to do with `%2F`, `%5C` and `\` in a path: `reject` (400, the default), `decode`
+    /// (treat them as `/`), or `keep` (route on them as opaque text and forward them encoded).
+    pub escaped_slashes: EscapedSlashesConfig,
+    /// Collapse `//` into `/`.
+    pub merge_slashes: bool,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        PathConfig { escaped_slashes: EscapedSlashesConfig::Reject, merge_slashes: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesConfig {
+    #[default]
+    Reject,
+    Decode,
+    Keep,
+}
+
+// === admin, access log ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Loopback by default: the admin API is not for the public.
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, address: "127.0.0.1:9901".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub path: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig { enabled: false, path: "stdout".into() }
+    }
+}
+
+// === listeners ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs, metrics and route `listeners:` lists.
+    pub name: String,
+    /// `ip:port`, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    pub address: String,
+}
+
+// === upstreams ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The endpoints: `http://host:port` URLs, optionally with a weight.
+    pub endpoints: Vec<EndpointConfig>,
+    /// How a request picks an endpoint.
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub timeouts: UpstreamTimeoutsConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// An endpoint: a URL string, or `{url, weight}`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EndpointConfig {
+    Url(String),
+    Weighted {
+        url: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    pub fn url(&self) -> &str {
+        match self {
+            EndpointConfig::Url(u) | EndpointConfig::Weighted { url: u, .. } => u,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointConfig::Url(_) => 1,
+            EndpointConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Weighted {
+            url: String,
+            #[serde(default = "default_weight")]
+            weight: u32,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an endpoint URL such as http://10.0.0.1:8080, or {url, weight}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
+                Ok(EndpointConfig::Url(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointConfig, A::Error> {
+                let w = Weighted::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointConfig::Weighted { url: w.url, weight: w.weight })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceConfig {
+    /// Weighted round-robin (smooth): endpoints take turns in proportion to their weights.
+    #[default]
+    RoundRobin,
+    /// Weighted random choice.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeoutsConfig {
+    /// TCP connect to an endpoint.
+    pub connect: DurationValue,
+    /// From the request being sent to the response head arriving.
+    pub response_header: DurationValue,
+}
+
+impl Default for UpstreamTimeoutsConfig {
+    fn default() -> Self {
+        UpstreamTimeoutsConfig { connect: DurationValue::secs(5), response_header: DurationValue::secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle keep-alive connections kept per endpoint and worker.
+    pub max_idle_per_endpoint: u32,
+    /// An idle pooled connection older than this is closed. Keep it below the upstream's own
+    /// keep-alive timeout, so that gatehouse, not the upstream, closes idle connections.
+    pub idle_timeout: DurationValue,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { max_idle_per_endpoint: 256, idle_timeout: DurationValue::secs(30) }
+    }
+}
+
+// === routes ===
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A unique name for logs, metrics and `explain`. Defaults to `route-N` (N = position, from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only on these listeners (by name). Default: all listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listeners: Option<Vec<String>>,
+    /// Higher wins over everything else in route precedence. Default 0; may be negative.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// The upstream that serves this route. A route without upstream must answer by itself
+    /// (a `direct_response` or `redirect` policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Remove a leading part of the path before forwarding: a literal prefix (`/api`, at a segment
+    /// boundary) or a number of segments (`1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<StripPrefixConfig>,
+    /// Replace the path with a template that uses the pattern's params: `/v2/users/{id}`;
+    /// `{**}` is the part matched by a `**` tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// Send the client's Host header upstream instead of the endpoint's host.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preserve_host: bool,
+    /// Send this Host header upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// Total time from the request's arrival to the upstream's response head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationValue>,
+    /// Policies for this route (they replace global policies of the same kind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Host names: `api.example.com` or `*.example.com`. Default: any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<OneOrMany<String>>,
+    /// Path patterns (see docs/routing.md): `/users`, `/users/**`, `/users/{id}`, `/files/{*rest}`,
+    /// or `{regex: "^/v[0-9]+/.*"}`. Default: `/**`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<OneOrMany<PathMatchConfig>>,
+    /// HTTP methods. Default: any method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Request headers that must match: `name: value` for an exact value, or `{prefix|regex: …}`,
+    /// `{present: true}`, `{present: false}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ValueMatchConfig>,
+    /// Query parameters that must match, same forms as headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueMatchConfig>,
+}
+
+/// One value or a list of values.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
+    /// The YAML path of element `i` under `base` (a single value has no index).
+    pub fn element_path(&self, base: &str, i: usize) -> String {
+        match self {
+            OneOrMany::One(_) => base.to_owned(),
+            OneOrMany::Many(_) => format!("{base}[{i}]"),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(de::value::StrDeserializer::new(v)).map(OneOrMany::One)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_string(v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.visit_string(v.to_string())
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                T::deserialize(de::value::StringDeserializer::new(v)).map(OneOrMany::One)
+            }
+        }
+        deserializer.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A path pattern string, or an explicit `{exact}`, `{prefix}` or `{regex}` map.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PathMatchConfig {
+    Pattern(String),
+    Explicit(PathMatchExplicit),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum PathMatchExplicit {
+    /// Exactly this path.
+    Exact(String),
+    /// This path and everything below it, at a segment boundary (`/api` matches `/api/x`, not `/apix`).
+    Prefix(String),
+    /// A regular expression over the whole normalised path; named groups become params.
+    Regex(String),
+}
+
+impl<'de> Deserialize<'de> for PathMatchConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PathMatchConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path pattern such as /users/{id}, or {exact|prefix|regex: …}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PathMatchConfig, E> {
+                Ok(PathMatchConfig::Pattern(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PathMatchConfig, A::Error> {
+                PathMatchExplicit::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(PathMatchConfig::Explicit)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// How a header or query value must match: a plain string is an exact match.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ValueMatchConfig {
+    Exact(String),
+    Rule(ValueMatchRule),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// A regular expression that must match the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the header/parameter must be there (any value); `false`: it must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for ValueMatchConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValueMatchConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value to match exactly, or {exact|prefix|regex: …} or {present: true|false}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ValueMatchConfig, E> {
+                Ok(ValueMatchConfig::Exact(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ValueMatchConfig, E> {
+                Ok(ValueMatchConfig::Exact(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ValueMatchConfig, E> {
+                Ok(ValueMatchConfig::Exact(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ValueMatchConfig, E> {
+                Ok(ValueMatchConfig::Exact(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ValueMatchConfig, A::Error> {
+                ValueMatchRule::deserialize(de::value::MapAccessDeserializer::new(map)).map(ValueMatchConfig::Rule)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// `/prefix` to remove, or a number of leading segments.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StripPrefixConfig {
+    Segments(u32),
+    Prefix(String),
+}
+
+impl<'de> Deserialize<'de> for StripPrefixConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StripPrefixConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path prefix such as /api, or a number of segments")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StripPrefixConfig, E> {
+                u32::try_from(v).map(StripPrefixConfig::Segments).map_err(|_| E::custom("too many segments"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StripPrefixConfig, E> {
+                u32::try_from(v)
+                    .map(StripPrefixConfig::Segments)
+                    .map_err(|_| E::custom("segments must be a positive number"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StripPrefixConfig, E> {
+                Ok(StripPrefixConfig::Prefix(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+// === policies ===
+
+/// A policy: a configured behaviour on a route (or on every route, when global).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// Change the request headers sent upstream.
+    RequestHeaders(HeaderFilterConfig),
+    /// Change the response headers sent to the client.
+    ResponseHeaders(HeaderFilterConfig),
+    /// Answer the request at the gateway, without an upstream.
+    DirectResponse(DirectResponseConfig),
+    /// Answer with a redirect.
+    Redirect(RedirectConfig),
+}
+
+impl PolicyConfig {
+    /// The kind's name as written in config, for messages and `explain`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyConfig::RequestHeaders(_) => "request_headers",
+            PolicyConfig::ResponseHeaders(_) => "response_headers",
+            PolicyConfig::DirectResponse(_) => "direct_response",
+            PolicyConfig::Redirect(_) => "redirect",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFilterConfig {
+    /// Set (replace) these headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers (keeping existing values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Defaults to `application/json` when the body starts with `{` or `[`, else `text/plain; charset=utf-8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The `Location`: an absolute URL or a path; may use the route pattern's params (`{id}`, `{**}`).
+    pub location: String,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// Append the request's query string to the location.
+    #[serde(default = "default_true")]
+    pub keep_query: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,97 @@
+//! Watching the config file: a change of its content triggers a reload.
+//!
+//! Polling, on purpose: it sees every way a file can change (editors that write a new file and
+//! rename it, Kubernetes ConfigMap symlink swaps, network filesystems) where change notifications
+//! miss some. One `stat` per interval is nothing; the content is read and hashed only when the size
+//! or modification time moved, and a reload happens only when the content differs.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Stops the watcher when dropped.
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+fn content_hash(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Calls `on_change` (on the watcher's thread) whenever the file's content changes.
+pub fn watch(path: PathBuf, interval: Duration, on_change: impl Fn() + Send + 'static) -> std::io::Result<Watcher> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    std::thread::Builder::new().name("config-watch".into()).spawn(move || {
+        let mut seen = fingerprint(&path);
+        let mut hash = content_hash(&path);
+        while !thread_stop.load(Ordering::Relaxed) {
+            std::thread::sleep(interval);
+            let now = fingerprint(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let new_hash = content_hash(&path);
+            if new_hash.is_some() && new_hash != hash {
+                hash = new_hash;
+                if !thread_stop.load(Ordering::Relaxed) {
+                    on_change();
+                }
+            }
+        }
+    })?;
+    Ok(Watcher { stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn content_changes_trigger_and_touches_do_not() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let _w = watch(file.clone(), Duration::from_millis(20), move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        // Same content, new mtime: no reload.
+        std::fs::write(&file, "a: 1\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        // New content, replaced by rename as editors do.
+        let tmp = dir.join("config.yaml.tmp");
+        std::fs::write(&tmp, "a: 2\n").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

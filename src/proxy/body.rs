@@ -1,0 +1,191 @@
+//! Bodies on both sides of the proxy, streamed frame by frame and never buffered whole.
+//!
+//! `UpstreamBody` is what gatehouse sends upstream: nothing, fixed bytes, or the client's body
+//! streaming through. `ProxyBody` is what the client receives: fixed bytes (errors, direct responses)
+//! or the upstream's body streaming through. When a `ProxyBody` ends or is dropped it finishes the
+//! request: the pooled upstream connection goes back to the pool if the body was read to its end,
+//! the connection's deadline state learns the request is over, and the request log is written.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::telemetry::RequestLog;
+use crate::upstream::pool::Checkout;
+
+/// An error while streaming a body through the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("client body: {0}")]
+    Client(hyper::Error),
+    #[error("upstream body: {0}")]
+    Upstream(hyper::Error),
+}
+
+// === impl UpstreamBody ===
+
+/// The request body sent upstream.
+pub enum UpstreamBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// The client's body, counted for the request log.
+    Streaming {
+        body: Incoming,
+        received: Option<Arc<AtomicU64>>,
+    },
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Empty => Poll::Ready(None),
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Streaming { body, received } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(counter), Some(data)) = (received.as_ref(), frame.data_ref()) {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Full(b) => b.is_none(),
+            UpstreamBody::Streaming { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+            UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Streaming { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+// === impl ProxyBody ===
+
+/// The response body sent to the client.
+pub struct ProxyBody {
+    kind: Kind,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream { body: Incoming, checkout: Option<Checkout> },
+}
+
+/// What happens when the response is over.
+struct Finish {
+    log: RequestLog,
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody { kind: Kind::Empty, sent: 0, finish: None }
+    }
+
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        if bytes.is_empty() {
+            return ProxyBody::empty();
+        }
+        ProxyBody { kind: Kind::Full(Some(bytes)), sent: 0, finish: None }
+    }
+
+    /// The upstream's body; `checkout` goes back to the pool if the body is read to its end.
+    pub fn upstream(body: Incoming, checkout: Checkout) -> ProxyBody {
+        ProxyBody { kind: Kind::Upstream { body, checkout: Some(checkout) }, sent: 0, finish: None }
+    }
+
+    /// Hands the request log to the body: it is written when the body ends.
+    pub fn attach(&mut self, log: RequestLog) {
+        self.finish = Some(Finish { log });
+    }
+
+    fn complete(&mut self, clean: bool) {
+        if let Kind::Upstream { checkout, body } = &mut self.kind {
+            if let Some(checkout) = checkout.take() {
+                if clean && body.is_end_stream() {
+                    checkout.release();
+                }
+            }
+        }
+        if let Some(finish) = self.finish.take() {
+            finish.log.finish(self.sent, clean);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+                other => other.map(|o| o.map(|r| r.map_err(BodyError::Upstream))),
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete(true),
+            Poll::Ready(Some(Err(_))) => this.complete(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may never poll a body that reports end-of-stream up front (204, HEAD, empty
+        // bodies), and drops it after the last frame: either way the request ends here. A body that
+        // is dropped before its end means the client went away: the upstream connection is then in
+        // an unknown state and is not reused.
+        let clean = self.is_end_stream();
+        self.complete(clean);
+    }
+}

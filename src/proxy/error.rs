@@ -1,0 +1,186 @@
+//! `ProxyError`: everything that can go wrong with a request, and the one function that turns it
+//! into the response the client sees.
+//!
+//! Each variant knows its source (the client, the upstream, or gatehouse itself), its status, a
+//! stable machine-readable code, and whether retrying it on another endpoint is safe. The body is
+//! always `{"error":{"status":…,"code":"…","message":"…","request_id":"…"}}`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::proxy::body::ProxyBody;
+use crate::upstream::client::UpstreamError;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(Cow<'static, str>),
+    #[error("no route matches {method} {path}")]
+    NoRoute { method: http::Method, path: String },
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed { method: http::Method, allow: HeaderValue },
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("{0}")]
+    HeadersTooLarge(Cow<'static, str>),
+    #[error("the upstream is unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("connecting to the upstream timed out")]
+    UpstreamConnectTimeout,
+    #[error("the upstream failed: {0}")]
+    UpstreamFailed(String),
+    #[error("upstream {0} has no endpoints")]
+    NoEndpoint(String),
+    #[error("the upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("the route's timeout of {0:?} expired")]
+    RouteTimeout(std::time::Duration),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout(_) | ProxyError::RouteTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// Stable, documented, machine-readable: clients and dashboards key on it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::HeadersTooLarge(_) => "headers_too_large",
+            ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
+            ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::NoEndpoint(_) => "no_endpoint",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::RouteTimeout(_) => "route_timeout",
+        }
+    }
+
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamConnectTimeout
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::UpstreamTimeout(_) => ErrorSource::Upstream,
+            ProxyError::NoEndpoint(_) | ProxyError::RouteTimeout(_) => ErrorSource::Internal,
+        }
+    }
+
+    /// Whether another endpoint may be tried: only when the request cannot have reached the upstream.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamConnectTimeout)
+    }
+
+    /// The message shown to clients: upstream details (addresses, OS errors) stay in gatehouse's own
+    /// logs, never in responses.
+    fn public_message(&self) -> Cow<'static, str> {
+        match self {
+            ProxyError::UpstreamUnavailable(_) => "the upstream service is unavailable".into(),
+            ProxyError::UpstreamFailed(_) => "the upstream service failed to answer".into(),
+            ProxyError::NoEndpoint(_) => "no upstream endpoint is available".into(),
+            other => other.to_string().into(),
+        }
+    }
+
+    /// The one place an error becomes a response.
+    pub fn to_response(
+        &self,
+        request_id: Option<&HeaderValue>,
+        request_id_header: &http::HeaderName,
+    ) -> Response<ProxyBody> {
+        let status = self.status();
+        // Written by hand to keep the documented field order (serde_json would sort the keys).
+        let message = serde_json::Value::from(self.public_message().into_owned());
+        let request_id_json = request_id
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "null".to_owned(), |id| serde_json::Value::from(id).to_string());
+        let body = format!(
+            "{{\"error\":{{\"status\":{},\"code\":\"{}\",\"message\":{message},\"request_id\":{request_id_json}}}}}",
+            status.as_u16(),
+            self.code(),
+        );
+        let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(id) = request_id {
+            headers.insert(request_id_header.clone(), id.clone());
+        }
+        if let ProxyError::MethodNotAllowed { allow, .. } = self {
+            headers.insert(header::ALLOW, allow.clone());
+        }
+        if self.source() == ErrorSource::Downstream && status == StatusCode::BAD_REQUEST {
+            // After a malformed request the client's framing cannot be trusted any more.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(err: UpstreamError) -> ProxyError {
+        match err {
+            UpstreamError::Connect { .. } => ProxyError::UpstreamUnavailable(err.to_string()),
+            UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
+            UpstreamError::Exchange { .. } => ProxyError::UpstreamFailed(err.to_string()),
+        }
+    }
+}
+
+/// The 408 written straight to the socket when a client is too slow to send its request head (no
+/// request exists yet, so there is no request id).
+pub const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 121\r\n\r\n{\"error\":{\"status\":408,\"code\":\"request_timeout\",\"message\":\"the request head was not received in time\",\"request_id\":null}}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_408_is_well_formed() {
+        let text = std::str::from_utf8(REQUEST_TIMEOUT_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        assert_eq!(body.len(), len);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["status"], 408);
+    }
+
+    #[test]
+    fn upstream_details_never_reach_the_client() {
+        let err = ProxyError::UpstreamUnavailable("cannot connect to http://10.1.2.3:8080: refused".into());
+        let msg = err.public_message();
+        assert!(!msg.contains("10.1.2.3"));
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.code(), "upstream_unavailable");
+    }
+}

@@ -1,0 +1,280 @@
+//! `HttpProxy`: the request path from a parsed request head to the response (DESIGN steps 1–9).
+//!
+//! `serve` is infallible: every failure becomes a `ProxyError` and `ProxyError::to_response` turns
+//! it into the JSON error. The steps, in order:
+//! 1. load the snapshot once; the whole request uses this generation;
+//! 2. start the `RequestLog`;
+//! 3. normalise: request id, method, size limits, host, path;
+//! 4. route lookup (pure, sync): 404 / 405 here;
+//! 5. request policies (`policy::apply_request_policies`);
+//! 6. pick an endpoint of the route's upstream;
+//! 7. send upstream over a pooled connection, bodies streaming, under the route/upstream timeouts;
+//! 8. response policies;
+//! 9. the request log is finished when the response body ends (`body::ProxyBody`).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod normalize;
+pub mod request_id;
+
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::policy::{self, PolicyOutcome, RequestFacts};
+use crate::route::{Lookup, RequestView};
+use crate::state::{Snapshot, SnapshotHandle, UpstreamHost};
+use crate::telemetry::RequestLog;
+use crate::telemetry::request_log::LogStart;
+use crate::transport::conn::ConnContext;
+use crate::upstream::client;
+
+use body::{ProxyBody, UpstreamBody};
+use error::{ErrorSource, ProxyError};
+
+pub struct HttpProxy {
+    pub snapshot: SnapshotHandle,
+}
+
+impl HttpProxy {
+    pub fn new(snapshot: SnapshotHandle) -> HttpProxy {
+        HttpProxy { snapshot }
+    }
+
+    /// Serves one request. Never fails: errors are responses.
+    pub async fn serve(&self, conn: &ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let snap = self.snapshot.load();
+        let Some(listener) = snap.listeners.get(conn.listener) else {
+            // The listener left the config: its connections are being drained.
+            let err = ProxyError::NoRoute { method: req.method().clone(), path: req.uri().path().to_owned() };
+            return err.to_response(None, &snap.server.request_id_header);
+        };
+        let log = RequestLog::start(
+            conn.state.clone(),
+            start,
+            LogStart {
+                sink: snap.access_log.as_ref(),
+                listener: &listener.name,
+                peer: conn.peer,
+                method: req.method(),
+                uri: req.uri(),
+                user_agent: req.headers().get(header::USER_AGENT),
+            },
+        );
+        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start };
+        let result = exchange.handle(req).await;
+        let Exchange { mut log, request_id, .. } = exchange;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                log.set_error(err.code());
+                match err.source() {
+                    ErrorSource::Downstream => tracing::debug!(error = %err, "request rejected"),
+                    _ => tracing::warn!(error = %err, request_id = ?request_id, "request failed"),
+                }
+                err.to_response(request_id.as_ref(), &snap.server.request_id_header)
+            }
+        };
+        log.set_status(response.status().as_u16());
+        response.body_mut().attach(log);
+        response
+    }
+}
+
+/// One request's journey through the steps, with what the steps share.
+struct Exchange<'a> {
+    snap: &'a Snapshot,
+    conn: &'a ConnContext,
+    log: RequestLog,
+    request_id: Option<HeaderValue>,
+    start: Instant,
+}
+
+impl Exchange<'_> {
+    async fn handle(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let snap = self.snap;
+        let server = &snap.server;
+        let (mut parts, body) = req.into_parts();
+
+        // 3. Normalise. The request id comes first so that every later error carries it.
+        let request_id = request_id::resolve(&mut parts.headers, server);
+        self.log.set_request_id(&request_id);
+        self.request_id = Some(request_id.clone());
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported: gatehouse is not a forward proxy".into()));
+        }
+        check_limits(&parts, server)?;
+        check_framing(&parts, self.conn, self.log.head_is_known())?;
+        let host = headers::request_host(&parts)?;
+        let path = normalize::normalize_path(parts.uri.path(), &server.path)
+            .map_err(|e| ProxyError::BadRequest(e.reason().into()))?;
+
+        // 4. Route.
+        let listener = &snap.listeners[self.conn.listener];
+        let view = RequestView {
+            method: &parts.method,
+            host: host.as_deref(),
+            path: &path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        let route_match = match listener.table.find(&view) {
+            Lookup::Matched(m) => m,
+            Lookup::MethodNotAllowed { allow } => {
+                let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                return Err(ProxyError::MethodNotAllowed {
+                    method: parts.method.clone(),
+                    allow: HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static("")),
+                });
+            }
+            Lookup::NotFound => {
+                return Err(ProxyError::NoRoute { method: parts.method.clone(), path: path.into_owned() });
+            }
+        };
+        let route = snap.route(route_match.route);
+        let spec = listener.table.spec(route_match.route);
+        self.log.set_route(&route.name);
+
+        // 5. Request policies.
+        let facts = RequestFacts { path: &path, query: parts.uri.query(), route_match: &route_match, spec };
+        if let PolicyOutcome::Respond(mut response) =
+            policy::apply_request_policies(&route.policies, &mut parts.headers, &facts)
+        {
+            policy::apply_response_policies(&route.policies, response.headers_mut());
+            response.headers_mut().insert(server.request_id_header.clone(), request_id);
+            return Ok(*response);
+        }
+
+        // 6. Endpoint.
+        let Some(upstream) = route.upstream.as_ref() else {
+            // Compile guarantees a route either has an upstream or answers by itself.
+            return Err(ProxyError::NoEndpoint(route.name.to_string()));
+        };
+        let endpoint = upstream.select().ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?;
+        self.log.set_upstream(&endpoint.url);
+
+        // 7. The upstream request: hop-by-hop headers out, forwarding headers in, path rewritten.
+        let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
+        if self.log.is_detailed() {
+            self.log.set_client(headers::client_ip(&parts.headers, self.conn.peer.ip(), server));
+        }
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // gatehouse answers `Expect: 100-continue` itself when it starts reading the body.
+        parts.headers.remove(header::EXPECT);
+        let original_host = original_host(&parts);
+        headers::add_forwarded(&mut parts.headers, self.conn, server, trusted, original_host.as_ref());
+        match &route.host {
+            UpstreamHost::Endpoint => {
+                parts.headers.insert(header::HOST, endpoint.authority.clone());
+            }
+            UpstreamHost::Preserve => {
+                if let Some(host) = original_host {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            UpstreamHost::Rewrite(value) => {
+                parts.headers.insert(header::HOST, value.clone());
+            }
+        }
+        let upstream_path = route.rewrite.apply(&path, &route_match, spec);
+        if parts.uri.scheme().is_some() || upstream_path != parts.uri.path() {
+            parts.uri = origin_form(&upstream_path, parts.uri.query())?;
+        }
+        parts.version = Version::HTTP_11;
+        let body = if body.is_end_stream() {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Streaming { body, received: self.log.bytes_in_counter() }
+        };
+        let upstream_request = Request::from_parts(parts, body);
+
+        let now = Instant::now();
+        let upstream_deadline = now + upstream.response_header_timeout;
+        let route_deadline = route.timeout.map(|t| self.start + t);
+        let (deadline, route_first) = match route_deadline {
+            Some(r) if r <= upstream_deadline => (r, true),
+            _ => (upstream_deadline, false),
+        };
+        let sent = tokio::time::timeout_at(deadline.into(), client::send(upstream, endpoint, upstream_request)).await;
+        let (response, checkout) = match sent {
+            Ok(result) => result?,
+            Err(_) if route_first => return Err(ProxyError::RouteTimeout(route.timeout.unwrap_or_default())),
+            Err(_) => return Err(ProxyError::UpstreamTimeout(upstream.response_header_timeout)),
+        };
+        self.log.set_upstream_latency(now.elapsed());
+
+        // 8. Response policies.
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        policy::apply_response_policies(&route.policies, &mut parts.headers);
+        parts.headers.insert(server.request_id_header.clone(), request_id);
+        Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
+    }
+}
+
+/// Limits on the request head that hyper does not enforce at the configured size: checked here so
+/// the client gets the JSON error (hyper's own, higher limits remain as the last line of defence).
+fn check_limits(parts: &http::request::Parts, server: &crate::state::ServerSettings) -> Result<(), ProxyError> {
+    let uri = &parts.uri;
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + uri.scheme_str().map_or(0, str::len) + 3);
+    if target_len > server.max_uri_length {
+        return Err(ProxyError::UriTooLong { limit: server.max_uri_length });
+    }
+    if parts.headers.len() > server.max_headers {
+        return Err(ProxyError::HeadersTooLarge(
+            format!("more than {} request header fields", server.max_headers).into(),
+        ));
+    }
+    let mut bytes = 0usize;
+    for (name, value) in &parts.headers {
+        bytes += name.as_str().len() + value.len();
+    }
+    if bytes > server.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(
+            format!("request headers are larger than {} bytes", server.max_header_bytes).into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Request smuggling defences beyond hyper's own (which already rejects differing duplicate
+/// Content-Length values and Transfer-Encoding in HTTP/1.0): a body must be framed one way only, and
+/// `chunked` is the only transfer coding gatehouse forwards.
+fn check_framing(parts: &http::request::Parts, conn: &ConnContext, head_known: bool) -> Result<(), ProxyError> {
+    let mut codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else { return Ok(()) };
+    if codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return Err(ProxyError::BadRequest(
+            "unsupported Transfer-Encoding: only a single `chunked` is accepted".into(),
+        ));
+    }
+    // hyper removes Content-Length when Transfer-Encoding is present; the raw head still shows it.
+    if head_known && conn.state.head_had_content_length() == Some(true) {
+        return Err(ProxyError::BadRequest("a request cannot have both Content-Length and Transfer-Encoding".into()));
+    }
+    Ok(())
+}
+
+/// The Host the client addressed: the absolute-form authority if any, else the Host header.
+fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    }
+}
+
+fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let mut target = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(path);
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    Uri::try_from(target).map_err(|_| ProxyError::BadRequest("the rewritten path is not a valid URI".into()))
+}

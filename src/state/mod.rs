@@ -1,0 +1,129 @@
+//! The compiled, immutable configuration (`Snapshot`) and the handle that swaps it atomically.
+//!
+//! A request loads the snapshot once at its start and uses that one generation to the end, so a
+//! reload never mixes two configs in one request. State that must outlive a reload (balancer
+//! positions, DNS caches, connection pools) is not in here: it lives in `registry` and is shared
+//! by consecutive snapshots.
+
+pub mod registry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use ipnet::IpNet;
+
+use crate::config::LocalConfig;
+use crate::policy::RoutePolicies;
+use crate::proxy::normalize::PathOptions;
+use crate::route::{PathRewrite, RouteId, RouteTable};
+use crate::upstream::Upstream;
+
+/// One compiled generation of the configuration.
+pub struct Snapshot {
+    pub generation: u64,
+    /// The config this snapshot was compiled from (for the admin API and persistence).
+    pub config: Arc<LocalConfig>,
+    pub server: ServerSettings,
+    /// Indexed by the transport's listener id (its position at bind time).
+    pub listeners: Vec<ListenerSettings>,
+    /// Indexed by `RouteId`.
+    pub routes: Vec<Route>,
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    pub access_log: Option<Arc<crate::telemetry::AccessLogWriter>>,
+}
+
+impl Snapshot {
+    pub fn route(&self, id: RouteId) -> &Route {
+        // Route ids come from the table built together with `routes`, so they are always in range.
+        &self.routes[id as usize]
+    }
+
+    pub fn listener_by_name(&self, name: &str) -> Option<&ListenerSettings> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+pub struct ListenerSettings {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub table: RouteTable,
+}
+
+/// Process-wide request handling settings, resolved from `server:`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub workers: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub x_forwarded: bool,
+    pub forwarded: bool,
+    pub request_id_header: HeaderName,
+    pub request_id_trust_incoming: bool,
+    pub max_uri_length: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub path: PathOptions,
+}
+
+impl ServerSettings {
+    /// Whether a direct peer is a proxy whose forwarding headers we believe.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are IPv4 clients on a dual-stack socket.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A compiled route: where matched requests go and what happens to them on the way.
+pub struct Route {
+    pub id: RouteId,
+    pub name: Arc<str>,
+    pub upstream: Option<Arc<Upstream>>,
+    pub rewrite: PathRewrite,
+    pub host: UpstreamHost,
+    pub timeout: Option<Duration>,
+    pub policies: RoutePolicies,
+}
+
+/// The Host header sent upstream.
+#[derive(Debug, Clone)]
+pub enum UpstreamHost {
+    /// The endpoint's `host[:port]` (the default, like nginx's `$proxy_host`).
+    Endpoint,
+    /// The client's Host header.
+    Preserve,
+    /// A fixed value.
+    Rewrite(http::HeaderValue),
+}
+
+/// The current snapshot, swapped atomically on reload.
+#[derive(Clone)]
+pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+
+impl SnapshotHandle {
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotHandle(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The snapshot for one request: keep the `Arc` for the request's whole life.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}

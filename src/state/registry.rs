@@ -1,0 +1,75 @@
+//! Long-lived state shared by consecutive snapshots: what a reload must not reset.
+//!
+//! An endpoint that stays in the config keeps its identity (and with it its pooled connections and
+//! DNS cache); an upstream keeps its balancer position. Entries are held weakly, so state of
+//! endpoints that left the config disappears with the last snapshot that used them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::upstream::EndpointState;
+
+#[derive(Default)]
+pub struct Registry {
+    endpoints: Mutex<HashMap<String, Weak<EndpointState>>>,
+    balancers: Mutex<HashMap<String, Weak<BalancerState>>>,
+    next_endpoint_id: AtomicU64,
+}
+
+/// A balancer's moving part, shared across reloads of an unchanged upstream.
+#[derive(Debug, Default)]
+pub struct BalancerState {
+    pub cursor: AtomicUsize,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// The state of the endpoint at `key` (its URL), created on first use.
+    pub fn endpoint(&self, key: &str) -> Arc<EndpointState> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = map.get(key).and_then(Weak::upgrade) {
+            return state;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let id = self.next_endpoint_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = Arc::new(EndpointState::new(id));
+        map.insert(key.to_owned(), Arc::downgrade(&state));
+        state
+    }
+
+    /// The balancer state of the upstream with this name and settings fingerprint: a changed
+    /// endpoint list starts a fresh rotation, an unchanged one continues where it was.
+    pub fn balancer(&self, key: &str) -> Arc<BalancerState> {
+        let mut map = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = map.get(key).and_then(Weak::upgrade) {
+            return state;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let state = Arc::new(BalancerState::default());
+        map.insert(key.to_owned(), Arc::downgrade(&state));
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_identity_survives_while_referenced() {
+        let reg = Registry::new();
+        let a = reg.endpoint("http://10.0.0.1:80");
+        let b = reg.endpoint("http://10.0.0.1:80");
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = reg.endpoint("http://10.0.0.2:80");
+        assert_ne!(a.id, other.id);
+        let id = a.id;
+        drop((a, b));
+        let fresh = reg.endpoint("http://10.0.0.1:80");
+        assert_ne!(fresh.id, id, "a dropped endpoint gets a new identity (its pool is gone)");
+    }
+}

@@ -1,0 +1,181 @@
+//! `RequestLog`: the per-request context that becomes the access log line.
+//!
+//! It is created when the request head arrives and travels with the response body; it is finished
+//! exactly once, when the body ends or is dropped (a client that goes away mid-response is logged
+//! with status 499, as nginx does). When the access log is off, it carries nothing but the start time
+//! and the connection's state: no strings are captured.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderValue, Method, Uri};
+
+use crate::transport::conn::ConnState;
+
+use super::access_log::{AccessLogWriter, LogLine};
+
+pub struct RequestLog {
+    start: Instant,
+    conn: Arc<ConnState>,
+    status: u16,
+    detail: Option<Box<Detail>>,
+    finished: bool,
+    head_fresh: bool,
+}
+
+struct Detail {
+    sink: Arc<AccessLogWriter>,
+    time: SystemTime,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    client: IpAddr,
+    method: Method,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    upstream_latency: Option<Duration>,
+    bytes_in: Option<Arc<AtomicU64>>,
+    error: Option<&'static str>,
+}
+
+/// What the access log needs to know about the request when it starts.
+pub struct LogStart<'a> {
+    pub sink: Option<&'a Arc<AccessLogWriter>>,
+    pub listener: &'a Arc<str>,
+    pub peer: SocketAddr,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub user_agent: Option<&'a HeaderValue>,
+}
+
+impl RequestLog {
+    pub fn start(conn: Arc<ConnState>, start: Instant, info: LogStart<'_>) -> RequestLog {
+        let head_fresh = conn.begin_request();
+        let detail = info.sink.map(|sink| {
+            Box::new(Detail {
+                sink: sink.clone(),
+                time: SystemTime::now(),
+                listener: info.listener.clone(),
+                peer: info.peer,
+                client: crate::state::canonical_ip(info.peer.ip()),
+                method: info.method.clone(),
+                uri: info.uri.clone(),
+                user_agent: info.user_agent.cloned(),
+                request_id: None,
+                route: None,
+                upstream: None,
+                upstream_latency: None,
+                bytes_in: None,
+                error: None,
+            })
+        });
+        RequestLog { start, conn, status: 0, detail, finished: false, head_fresh }
+    }
+
+    /// Whether the connection's raw copy of the request head belongs to this request.
+    pub fn head_is_known(&self) -> bool {
+        self.head_fresh
+    }
+
+    /// Whether anything beyond the status is recorded (callers skip work when not).
+    pub fn is_detailed(&self) -> bool {
+        self.detail.is_some()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    pub fn set_client(&mut self, client: IpAddr) {
+        if let Some(d) = &mut self.detail {
+            d.client = client;
+        }
+    }
+
+    pub fn set_request_id(&mut self, id: &HeaderValue) {
+        if let Some(d) = &mut self.detail {
+            d.request_id = Some(id.clone());
+        }
+    }
+
+    pub fn set_route(&mut self, name: &Arc<str>) {
+        if let Some(d) = &mut self.detail {
+            d.route = Some(name.clone());
+        }
+    }
+
+    pub fn set_upstream(&mut self, endpoint: &Arc<str>) {
+        if let Some(d) = &mut self.detail {
+            d.upstream = Some(endpoint.clone());
+        }
+    }
+
+    pub fn set_upstream_latency(&mut self, latency: Duration) {
+        if let Some(d) = &mut self.detail {
+            d.upstream_latency = Some(latency);
+        }
+    }
+
+    pub fn set_error(&mut self, code: &'static str) {
+        if let Some(d) = &mut self.detail {
+            d.error = Some(code);
+        }
+    }
+
+    /// A counter of request body bytes, when the access log wants it.
+    pub fn bytes_in_counter(&mut self) -> Option<Arc<AtomicU64>> {
+        let d = self.detail.as_mut()?;
+        Some(d.bytes_in.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone())
+    }
+
+    /// Ends the request: `bytes_out` body bytes were sent; `complete` is false when the response
+    /// was cut short.
+    pub fn finish(mut self, bytes_out: u64, complete: bool) {
+        self.finish_inner(bytes_out, complete);
+    }
+
+    fn finish_inner(&mut self, bytes_out: u64, complete: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.conn.end_request();
+        let Some(d) = self.detail.take() else { return };
+        let status = if self.status == 0 { 499 } else { self.status };
+        let line = LogLine {
+            time: d.time,
+            listener: &d.listener,
+            request_id: d.request_id.as_ref().map(HeaderValue::as_bytes),
+            client: d.client,
+            peer: d.peer,
+            method: d.method.as_str(),
+            path: d.uri.path(),
+            route: d.route.as_deref(),
+            upstream: d.upstream.as_deref(),
+            status,
+            bytes_in: d.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
+            bytes_out,
+            duration: self.start.elapsed(),
+            upstream_latency: d.upstream_latency,
+            user_agent: d.user_agent.as_ref().map(HeaderValue::as_bytes),
+            error: d.error.or(if complete { None } else { Some("response_incomplete") }),
+        };
+        d.sink.write(&line);
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        // Dropped without finishing: the request future was cancelled (the client went away
+        // before a response was produced).
+        self.finish_inner(0, false);
+    }
+}

@@ -1,0 +1,247 @@
+//! Worker threads: a single-threaded runtime each, accepting on their own sockets, serving their
+//! connections, sweeping connection deadlines, and draining on shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::proxy::HttpProxy;
+use crate::proxy::error::REQUEST_TIMEOUT_RESPONSE;
+use crate::state::ServerSettings;
+use crate::upstream::pool;
+
+use super::clock;
+use super::conn::{Command, ConnContext, ConnState, ConnStream, Driver, Phase, ServeConnection};
+use super::listener::BoundListener;
+
+type Connections = Arc<Mutex<Vec<Weak<ConnState>>>>;
+
+/// The running workers.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    thread: Option<JoinHandle<()>>,
+    /// `Some(deadline)` asks the worker to stop accepting and drain until the deadline.
+    shutdown: watch::Sender<Option<Instant>>,
+}
+
+impl Workers {
+    /// Starts `count` workers; worker `i` takes socket `i` of every listener (listener id = its
+    /// position in `listeners`).
+    pub fn start(count: usize, listeners: &mut [BoundListener], proxy: Arc<HttpProxy>) -> io::Result<Workers> {
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let mut sockets = Vec::new();
+            for (id, listener) in listeners.iter_mut().enumerate() {
+                if listener.sockets.is_empty() {
+                    return Err(io::Error::other(format!(
+                        "listener {} has no socket for worker {index}",
+                        listener.name
+                    )));
+                }
+                sockets.push((id, listener.sockets.remove(0)));
+            }
+            let (tx, rx) = watch::channel(None);
+            let proxy = proxy.clone();
+            let thread = std::thread::Builder::new().name(format!("gatehouse-worker-{index}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(run(sockets, proxy, rx));
+            })?;
+            workers.push(Worker { thread: Some(thread), shutdown: tx });
+        }
+        Ok(Workers { workers })
+    }
+
+    /// Stops accepting, lets in-flight requests finish until `grace` is over, then closes what is
+    /// left and joins the threads.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for worker in &self.workers {
+            let _ = worker.shutdown.send(Some(deadline));
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &self.workers {
+            let _ = worker.shutdown.send(Some(Instant::now()));
+        }
+    }
+}
+
+async fn run(
+    sockets: Vec<(usize, std::net::TcpListener)>,
+    proxy: Arc<HttpProxy>,
+    mut shutdown: watch::Receiver<Option<Instant>>,
+) {
+    let connections: Connections = Arc::default();
+    let mut accepts = Vec::new();
+    for (id, socket) in sockets {
+        match TcpListener::from_std(socket) {
+            Ok(listener) => accepts.push(tokio::spawn(accept_loop(listener, id, proxy.clone(), connections.clone()))),
+            Err(e) => tracing::error!(error = %e, "cannot register a listening socket"),
+        }
+    }
+    let sweeper = tokio::spawn(sweep_loop(proxy.clone(), connections.clone()));
+
+    let deadline = loop {
+        if let Some(deadline) = *shutdown.borrow_and_update() {
+            break deadline;
+        }
+        if shutdown.changed().await.is_err() {
+            break Instant::now();
+        }
+    };
+    for accept in &accepts {
+        accept.abort();
+    }
+    broadcast(&connections, Command::Drain);
+    while live(&connections) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broadcast(&connections, Command::Close);
+    let closing = Instant::now();
+    while live(&connections) > 0 && closing.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sweeper.abort();
+    pool::clear();
+}
+
+fn live(connections: &Connections) -> usize {
+    let mut list = connections.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    list.len()
+}
+
+fn broadcast(connections: &Connections, command: Command) {
+    let list = connections.lock().unwrap_or_else(|e| e.into_inner());
+    for state in list.iter().filter_map(Weak::upgrade) {
+        state.command(command);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, connections: Connections) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let state = ConnState::new();
+                connections.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
+                tokio::spawn(serve(stream, peer, id, proxy.clone(), state));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<HttpProxy>, state: Arc<ConnState>) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let snap = proxy.snapshot.load();
+    let builder = h1_builder(&snap.server);
+    drop(snap);
+    let ctx = Arc::new(ConnContext::new(peer, local, listener, state.clone()));
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let proxy = proxy.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy.serve(&ctx, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(ConnStream::new(stream, state.clone())), service);
+    Driver::new(H1(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+}
+
+/// hyper's parser limits sit above the configured ones, so that requests just over a limit get the
+/// JSON error from the proxy; far bigger ones are stopped by hyper before they are buffered.
+fn h1_builder(server: &ServerSettings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    let head_limit = (server.max_uri_length + server.max_header_bytes).saturating_mul(2) + 1024;
+    builder.keep_alive(true).max_header_size(head_limit).max_buf_size(head_limit.max(8192) + 8192);
+    // hyper parses up to 100 fields without allocating; only a higher configured limit pays for more.
+    if server.max_headers > 100 {
+        builder.max_headers(server.max_headers);
+    }
+    builder
+}
+
+struct H1<C>(C);
+
+impl<S> std::future::Future for H1<http1::Connection<TokioIo<ConnStream>, S>>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<(), hyper::Error>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<S> ServeConnection for H1<http1::Connection<TokioIo<ConnStream>, S>>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(&mut self) {
+        std::pin::Pin::new(&mut self.0).graceful_shutdown();
+    }
+    fn into_stream(self) -> Option<ConnStream> {
+        Some(self.0.into_parts().io.into_inner())
+    }
+}
+
+/// Compares each connection's phase with the clock and closes the ones past their deadline.
+async fn sweep_loop(proxy: Arc<HttpProxy>, connections: Connections) {
+    loop {
+        let snap = proxy.snapshot.load();
+        let header_read = snap.server.header_read_timeout.as_millis() as u64;
+        let idle = snap.server.idle_timeout.as_millis() as u64;
+        drop(snap);
+        // Deadlines fire between one and two ticks late, never early.
+        let tick = (header_read.min(idle) / 8).clamp(5, 250);
+        tokio::time::sleep(Duration::from_millis(tick)).await;
+        let now = clock::tick();
+        pool::purge();
+        let mut list = connections.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|weak| {
+            let Some(state) = weak.upgrade() else { return false };
+            let (phase, since) = state.phase();
+            let waited = now.saturating_sub(since);
+            match phase {
+                Phase::ReadingHead if waited >= header_read + tick => state.command(Command::HeaderTimeout),
+                Phase::Idle if waited >= idle + tick => state.command(Command::Close),
+                _ => {}
+            }
+            true
+        });
+    }
+}

@@ -1,0 +1,102 @@
+//! Sending one request to one endpoint over a pooled HTTP/1.1 connection (request path step 7).
+//!
+//! A pooled connection is tried first; if it turns out to be closed before the request was written
+//! (the upstream closed it while idle), the request is given back by hyper untouched and goes to the
+//! next pooled connection or a new one, so a stale pool never fails a request. New connections are
+//! made with the upstream's connect timeout, trying each resolved address in turn.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::body::UpstreamBody;
+
+use super::pool::{self, Checkout, Sender};
+use super::{Endpoint, Upstream};
+
+/// Why an upstream exchange failed; the proxy maps these to 502/504.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect { endpoint: String, source: io::Error },
+    #[error("connecting to {endpoint} timed out")]
+    ConnectTimeout { endpoint: String },
+    #[error("upstream {endpoint} failed: {source}")]
+    Exchange { endpoint: String, source: hyper::Error },
+}
+
+/// Sends `request` to `endpoint` and waits for the response head.
+pub async fn send(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    mut request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
+    let key = endpoint.state.id;
+    endpoint.state.count_request();
+    while let Some(mut sender) = pool::take(key) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, Checkout::new(key, sender, upstream.pool))),
+            Err(mut err) => match err.take_message() {
+                // Not written: the connection died while idle. Try the next one.
+                Some(back) => request = back,
+                None => return Err(exchange_error(endpoint, err.into_error())),
+            },
+        }
+    }
+    let mut sender = connect(endpoint, upstream.connect_timeout).await?;
+    if let Err(source) = sender.ready().await {
+        return Err(exchange_error(endpoint, source));
+    }
+    match sender.try_send_request(request).await {
+        Ok(response) => Ok((response, Checkout::new(key, sender, upstream.pool))),
+        Err(err) => Err(exchange_error(endpoint, err.into_error())),
+    }
+}
+
+fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {
+    UpstreamError::Exchange { endpoint: endpoint.url.to_string(), source }
+}
+
+async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamError> {
+    let connect_all = async {
+        let addrs = endpoint.addresses().await?;
+        let mut last_error = None;
+        for addr in addrs {
+            match connect_one(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+    };
+    let stream = match tokio::time::timeout(timeout, connect_all).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
+        Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
+    };
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(1024 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| exchange_error(endpoint, source))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}

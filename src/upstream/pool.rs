@@ -1,0 +1,105 @@
+//! Per-worker pools of idle keep-alive upstream connections.
+//!
+//! Each worker thread has its own pool (a thread-local), so taking and returning a connection is
+//! never contended. Connections are reused last-in first-out: the warmest connection serves the
+//! next request, and the coldest ones age out. A connection returns to the pool only when its
+//! response body was read to the end; anything else closes it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use hyper::client::conn::http1::SendRequest;
+
+use crate::proxy::body::UpstreamBody;
+use crate::transport::clock;
+
+use super::PoolSettings;
+
+pub type Sender = SendRequest<UpstreamBody>;
+
+struct Idle {
+    sender: Sender,
+    since_ms: u64,
+    max_idle_ms: u64,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<u64, Vec<Idle>>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// A connection taken for one request; `release` returns it to this thread's pool.
+pub struct Checkout {
+    key: u64,
+    sender: Sender,
+    settings: PoolSettings,
+}
+
+impl Checkout {
+    pub fn new(key: u64, sender: Sender, settings: PoolSettings) -> Checkout {
+        Checkout { key, sender, settings }
+    }
+
+    /// Returns the connection to the pool, if it is still usable and the pool has room.
+    pub fn release(self) {
+        if self.sender.is_closed() || self.settings.max_idle_per_endpoint == 0 {
+            return;
+        }
+        let idle = Idle {
+            sender: self.sender,
+            since_ms: clock::now_ms(),
+            max_idle_ms: self.settings.idle_timeout.as_millis() as u64,
+        };
+        let max = self.settings.max_idle_per_endpoint;
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let list = pool.idle.entry(self.key).or_default();
+            if list.len() < max {
+                list.push(idle);
+            }
+        });
+    }
+}
+
+/// Takes the most recently used idle connection to endpoint `key`, if any.
+pub fn take(key: u64) -> Option<Sender> {
+    let now = clock::now_ms();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.idle.get_mut(&key)?;
+        while let Some(idle) = list.pop() {
+            if idle.sender.is_closed() || now.saturating_sub(idle.since_ms) >= idle.max_idle_ms {
+                continue;
+            }
+            return Some(idle.sender);
+        }
+        None
+    })
+}
+
+/// Closes connections idle for longer than their pool's `idle_timeout` or already closed by the
+/// upstream. Called by the worker's tick.
+pub fn purge() {
+    let now = clock::now_ms();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.idle.retain(|_, list| {
+            list.retain(|idle| !idle.sender.is_closed() && now.saturating_sub(idle.since_ms) < idle.max_idle_ms);
+            !list.is_empty()
+        });
+    });
+}
+
+/// Drops every pooled connection of this thread (worker shutdown).
+pub fn clear() {
+    POOL.with(|pool| pool.borrow_mut().idle.clear());
+}
+
+/// Idle connections in this thread's pool, per endpoint key (for tests and the admin view).
+pub fn idle_count(key: u64) -> usize {
+    POOL.with(|pool| pool.borrow().idle.get(&key).map_or(0, Vec::len))
+}

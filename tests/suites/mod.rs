@@ -1,0 +1,3 @@
+//! The test suites, one file per capability.
+
+mod config;
