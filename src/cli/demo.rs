@@ -21,6 +21,8 @@ pub struct DemoOptions {
     pub ports: DemoPorts,
     /// A config file instead of the embedded demo config.
     pub config: Option<PathBuf>,
+    /// Where the access log goes (`stdout`, or a file).
+    pub access_log: String,
 }
 
 /// A running demo: the services (on their own thread) and the gateway.
@@ -77,6 +79,7 @@ impl Demo {
             .map_err(|_| anyhow::anyhow!("the demo services did not start"))??;
         vars.push(("DEMO_LISTEN".into(), options.listen.clone()));
         vars.push(("DEMO_ADMIN".into(), options.admin.clone()));
+        vars.push(("DEMO_ACCESS_LOG".into(), options.access_log.clone()));
         let (source, watch) = match options.config {
             Some(path) => (ConfigSource::File(path), Some(Duration::from_secs(1))),
             None => (ConfigSource::Text { name: "examples/demo.yaml".into(), text: DEMO_CONFIG.into() }, None),
@@ -111,8 +114,13 @@ impl Drop for Demo {
 
 /// `gatehouse demo`.
 pub fn demo(listen: &str, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let options =
-        DemoOptions { listen: listen.to_owned(), admin: "127.0.0.1:9901".into(), ports: DemoPorts::DEFAULT, config };
+    let options = DemoOptions {
+        listen: listen.to_owned(),
+        admin: "127.0.0.1:9901".into(),
+        ports: DemoPorts::DEFAULT,
+        config,
+        access_log: "stdout".into(),
+    };
     let demo = match Demo::start(options) {
         Ok(d) => d,
         Err(e) => {

@@ -152,9 +152,25 @@ impl From<UpstreamError> for ProxyError {
         match err {
             UpstreamError::Connect { .. } => ProxyError::UpstreamUnavailable(err.to_string()),
             UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
+            UpstreamError::Exchange { ref source, .. } if client_body_failed(source) => {
+                ProxyError::BadRequest("the request body is malformed or was cut off".into())
+            }
             UpstreamError::Exchange { .. } => ProxyError::UpstreamFailed(err.to_string()),
         }
     }
+}
+
+/// Whether an exchange failed because the client's body did (bad chunking, the client went away),
+/// not the upstream.
+fn client_body_failed(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(crate::proxy::body::BodyError::Client(_)) = e.downcast_ref() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The 408 written straight to the socket when a client is too slow to send its request head (no

@@ -36,6 +36,17 @@ pub struct Snapshot {
     pub access_log: Option<Arc<crate::telemetry::AccessLogWriter>>,
 }
 
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("listeners", &self.listeners.len())
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Snapshot {
     pub fn route(&self, id: RouteId) -> &Route {
         // Route ids come from the table built together with `routes`, so they are always in range.

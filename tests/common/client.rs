@@ -70,9 +70,14 @@ impl Client {
         self.send(req).await
     }
 
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+    /// Sends a request and returns the response with its body unread.
+    pub async fn send_raw(&mut self, req: Request<Full<Bytes>>) -> http::Response<hyper::body::Incoming> {
         self.sender.ready().await.expect("connection ready");
-        let resp = self.sender.send_request(req).await.expect("response");
+        self.sender.send_request(req).await.expect("response")
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = self.send_raw(req).await;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         Reply { status: parts.status, headers: parts.headers, body }

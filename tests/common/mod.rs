@@ -32,10 +32,21 @@ impl TestGateway {
     }
 
     pub fn try_start(yaml: &str) -> Result<TestGateway, gatehouse::app::StartError> {
+        Self::start_with(yaml, None)
+    }
+
+    /// Starts a gateway that polls its config file for changes every `interval`.
+    pub fn start_watching(yaml: &str, interval: std::time::Duration) -> TestGateway {
+        Self::start_with(yaml, Some(interval)).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    fn start_with(yaml: &str, watch: Option<std::time::Duration>) -> Result<TestGateway, gatehouse::app::StartError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("gatehouse.yaml");
         std::fs::write(&path, with_test_defaults(yaml)).expect("write config");
-        let gateway = Gateway::start(StartOptions::new(ConfigSource::File(path.clone())))?;
+        let mut options = StartOptions::new(ConfigSource::File(path.clone()));
+        options.watch = watch;
+        let gateway = Gateway::start(options)?;
         Ok(TestGateway { gateway, config_path: path, _dir: dir })
     }
 

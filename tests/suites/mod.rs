@@ -1,3 +1,11 @@
 //! The test suites, one file per capability.
 
+mod access_log;
+mod cli;
 mod config;
+mod demo;
+mod hostile;
+mod proxy;
+mod reload;
+mod routing;
+mod timeouts;

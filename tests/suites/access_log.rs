@@ -1,0 +1,104 @@
+//! The access log: one JSON line per request with the documented fields, and never a secret.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{Client, RawConn, TestGateway, Upstream};
+
+fn read_lines(path: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+        if lines.len() >= want || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn each_request_is_one_json_line_without_secrets() {
+    let upstream = Upstream::echo("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&format!(
+        r#"access_log: {{ enabled: true, path: "{}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: app, match: {{ path: "/app/**" }}, upstream: app }}
+"#,
+        log.display(),
+        upstream.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    let reply = client
+        .request(
+            "POST",
+            "/app/login?api_key=SECRET-QUERY-KEY&token=SECRET-TOKEN",
+            &[
+                ("authorization", "Bearer SECRET-BEARER"),
+                ("cookie", "session=SECRET-COOKIE"),
+                ("x-api-key", "SECRET-HEADER-KEY"),
+                ("user-agent", "test-agent/1.0"),
+                ("x-request-id", "req-42"),
+            ],
+            "hello body",
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    client.get("/missing").await;
+    let mut raw = RawConn::connect(gw.addr()).await;
+    raw.send(b"GET /app/x HTTP/1.1\r\nHost: x\r\nUser-Agent: evil\"\n{\"status\":1}\r\n\r\n").await;
+    let _ = raw.read_response(Duration::from_secs(1)).await;
+
+    let lines = read_lines(&log, 2);
+    assert!(lines.len() >= 2, "{lines:?}");
+    let first = &lines[0];
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/app/login");
+    assert_eq!(first["route"], "app");
+    assert_eq!(first["upstream"], upstream.url());
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["request_id"], "req-42");
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["listener"], "public");
+    assert_eq!(first["bytes_in"], 10);
+    assert_eq!(first["bytes_out"].as_u64(), Some(reply.body.len() as u64));
+    assert_eq!(first["user_agent"], "test-agent/1.0");
+    assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    let second = &lines[1];
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["route"], serde_json::Value::Null);
+    assert_eq!(second["error"], "route_not_found");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in
+        ["SECRET-QUERY-KEY", "SECRET-TOKEN", "SECRET-BEARER", "SECRET-COOKIE", "SECRET-HEADER-KEY", "hello body"]
+    {
+        assert!(!text.contains(secret), "{secret} leaked into the access log");
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_is_off_unless_enabled() {
+    let upstream = Upstream::echo("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&format!(
+        r#"access_log: {{ enabled: false, path: "{}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes: [{{ name: app, upstream: app }}]
+"#,
+        log.display(),
+        upstream.url()
+    ));
+    assert_eq!(crate::common::get(gw.addr(), "/").await.status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!log.exists());
+}
