@@ -162,6 +162,7 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         max_uri_length: limits.max_uri_length.as_usize(),
         max_header_bytes: limits.max_header_bytes.as_usize(),
         max_headers: limits.max_headers as usize,
+        max_body_size: limits.max_body_size.map(|s| s.get()),
         header_read_timeout: timeouts.header_read.get(),
         idle_timeout: timeouts.idle.get(),
         shutdown_grace: timeouts.shutdown_grace.get(),

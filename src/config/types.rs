@@ -169,11 +169,21 @@ pub struct LimitsConfig {
     pub max_header_bytes: ByteSize,
     /// Most request header fields; more gets 431.
     pub max_headers: u32,
+    /// Largest request body accepted; larger gets 413: at once when Content-Length says so, or as
+    /// soon as a streamed body goes past it (the body is never buffered to find out). No limit by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<ByteSize>,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_uri_length: ByteSize::kib(8), max_header_bytes: ByteSize::kib(32), max_headers: 100 }
+        LimitsConfig {
+            max_uri_length: ByteSize::kib(8),
+            max_header_bytes: ByteSize::kib(32),
+            max_headers: 100,
+            max_body_size: None,
+        }
     }
 }
 
@@ -454,6 +464,7 @@ pub struct MatchConfig {
 /// One value or a list of values.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "OneOrMany_{T}")]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),

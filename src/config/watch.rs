@@ -2,8 +2,8 @@
 //!
 //! Polling, on purpose: it sees every way a file can change (editors that write a new file and
 //! rename it, Kubernetes ConfigMap symlink swaps, network filesystems) where change notifications
-//! miss some. One `stat` per interval is nothing; the content is read and hashed only when the size
-//! or modification time moved, and a reload happens only when the content differs.
+//! miss some. One `stat` per interval is nothing; the content is read and hashed when the metadata
+//! moved (and every eighth poll regardless), and a reload happens only when the content differs.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -23,9 +23,12 @@ impl Drop for Watcher {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+/// Size, times and inode: a rename (how editors and Kubernetes replace files) changes the inode
+/// even when size and modification time (coarse on some filesystems) do not move.
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
+    Some((meta.len(), meta.modified().ok()?, meta.ino(), meta.ctime(), meta.ctime_nsec()))
 }
 
 fn content_hash(path: &Path) -> Option<u64> {
@@ -42,10 +45,14 @@ pub fn watch(path: PathBuf, interval: Duration, on_change: impl Fn() + Send + 's
     std::thread::Builder::new().name("config-watch".into()).spawn(move || {
         let mut seen = fingerprint(&path);
         let mut hash = content_hash(&path);
+        let mut polls = 0u32;
         while !thread_stop.load(Ordering::Relaxed) {
             std::thread::sleep(interval);
+            polls = polls.wrapping_add(1);
             let now = fingerprint(&path);
-            if now == seen {
+            // An in-place rewrite of the same size within one timestamp tick leaves no trace in the
+            // metadata: read the content anyway every few polls.
+            if now == seen && polls % 8 != 0 {
                 continue;
             }
             seen = now;

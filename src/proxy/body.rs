@@ -25,6 +25,8 @@ pub enum BodyError {
     Client(hyper::Error),
     #[error("upstream body: {0}")]
     Upstream(hyper::Error),
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
 // === impl UpstreamBody ===
@@ -33,11 +35,18 @@ pub enum BodyError {
 pub enum UpstreamBody {
     Empty,
     Full(Option<Bytes>),
-    /// The client's body, counted for the request log.
+    /// The client's body, counted for the request log and against the size limit.
     Streaming {
         body: Incoming,
         received: Option<Arc<AtomicU64>>,
+        limit: Option<BodyLimit>,
     },
+}
+
+/// A cap on a streamed body: bytes left before it is exceeded.
+pub struct BodyLimit {
+    pub limit: u64,
+    pub left: u64,
 }
 
 impl Body for UpstreamBody {
@@ -48,10 +57,19 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Streaming { body, received } => match Pin::new(body).poll_frame(cx) {
+            UpstreamBody::Streaming { body, received, limit } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(counter), Some(data)) = (received.as_ref(), frame.data_ref()) {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(data) = frame.data_ref() {
+                        let n = data.len() as u64;
+                        if let Some(counter) = received.as_ref() {
+                            counter.fetch_add(n, Ordering::Relaxed);
+                        }
+                        if let Some(cap) = limit.as_mut() {
+                            match cap.left.checked_sub(n) {
+                                Some(left) => cap.left = left,
+                                None => return Poll::Ready(Some(Err(BodyError::TooLarge { limit: cap.limit }))),
+                            }
+                        }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{BodyError, ProxyBody};
 use crate::upstream::client::UpstreamError;
 
 /// Who caused an error.
@@ -29,6 +29,8 @@ pub enum ProxyError {
     NoRoute { method: http::Method, path: String },
     #[error("method {method} is not allowed here")]
     MethodNotAllowed { method: http::Method, allow: HeaderValue },
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
     #[error("{0}")]
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -86,6 +90,7 @@ impl ProxyError {
             | ProxyError::NoRoute { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::UriTooLong { .. }
+            | ProxyError::PayloadTooLarge { .. }
             | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamConnectTimeout
@@ -152,25 +157,26 @@ impl From<UpstreamError> for ProxyError {
         match err {
             UpstreamError::Connect { .. } => ProxyError::UpstreamUnavailable(err.to_string()),
             UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
-            UpstreamError::Exchange { ref source, .. } if client_body_failed(source) => {
-                ProxyError::BadRequest("the request body is malformed or was cut off".into())
-            }
-            UpstreamError::Exchange { .. } => ProxyError::UpstreamFailed(err.to_string()),
+            UpstreamError::Exchange { ref source, .. } => match client_body_failure(source) {
+                Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge { limit: *limit },
+                Some(_) => ProxyError::BadRequest("the request body is malformed or was cut off".into()),
+                None => ProxyError::UpstreamFailed(err.to_string()),
+            },
         }
     }
 }
 
-/// Whether an exchange failed because the client's body did (bad chunking, the client went away),
-/// not the upstream.
-fn client_body_failed(err: &hyper::Error) -> bool {
+/// The client body's error, when an exchange failed because of it (bad chunking, the client went
+/// away, the body was too large) rather than because of the upstream.
+fn client_body_failure(err: &hyper::Error) -> Option<&BodyError> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = source {
-        if let Some(crate::proxy::body::BodyError::Client(_)) = e.downcast_ref() {
-            return true;
+        if let Some(body_error) = e.downcast_ref::<BodyError>() {
+            return Some(body_error);
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// The 408 written straight to the socket when a client is too slow to send its request head (no

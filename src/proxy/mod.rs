@@ -33,7 +33,7 @@ use crate::telemetry::request_log::LogStart;
 use crate::transport::conn::ConnContext;
 use crate::upstream::client;
 
-use body::{ProxyBody, UpstreamBody};
+use body::{BodyLimit, ProxyBody, UpstreamBody};
 use error::{ErrorSource, ProxyError};
 
 pub struct HttpProxy {
@@ -189,7 +189,12 @@ impl Exchange<'_> {
         let body = if body.is_end_stream() {
             UpstreamBody::Empty
         } else {
-            UpstreamBody::Streaming { body, received: self.log.bytes_in_counter() }
+            let limit = match server.max_body_size {
+                Some(max) if body.size_hint().lower() > max => return Err(ProxyError::PayloadTooLarge { limit: max }),
+                Some(max) => Some(BodyLimit { limit: max, left: max }),
+                None => None,
+            };
+            UpstreamBody::Streaming { body, received: self.log.bytes_in_counter(), limit }
         };
         let upstream_request = Request::from_parts(parts, body);
 

@@ -76,6 +76,7 @@ pub struct ServerSettings {
     pub max_uri_length: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub max_body_size: Option<u64>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,

@@ -274,3 +274,24 @@ async fn oversized_request_heads_are_refused_with_json() {
     assert_eq!(upstream.requests(), 0);
     assert_eq!(Client::connect(gw.addr()).await.get("/fine").await.status, 200);
 }
+
+#[tokio::test]
+async fn bodies_over_the_size_limit_get_413_without_being_buffered() {
+    let upstream = Upstream::echo("app");
+    let gw = guarded(&upstream, ", limits: { max_body_size: 1KiB }");
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(client.request("POST", "/ok", &[], &"a".repeat(1024)).await.status, 200, "exactly the limit is fine");
+    let reply = Client::connect(gw.addr()).await.request("POST", "/big", &[], &"a".repeat(1025)).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.error_code(), "payload_too_large");
+    // A streamed body is stopped as soon as it passes the limit, before the client has sent it all.
+    let mut conn = RawConn::connect(gw.addr()).await;
+    conn.send(b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n").await;
+    conn.send(&[b'a'; 1024]).await;
+    conn.send(b"\r\n400\r\n").await;
+    conn.send(&[b'b'; 1024]).await;
+    let reply = conn.read_response(Duration::from_secs(3)).await.expect("413 before the body ended");
+    assert_eq!(reply.status, 413, "{}", reply.head);
+    assert_eq!(reply.json()["error"]["code"], "payload_too_large");
+    assert!(upstream.seen().iter().all(|s| s.uri == "/ok"), "no oversized body was delivered");
+}
