@@ -49,6 +49,8 @@ pub struct ReloadRecord {
     pub generation: u64,
     pub ok: bool,
     pub errors: Vec<String>,
+    /// Settings that changed in the file but take effect only after a restart.
+    pub pending_restart: Vec<String>,
 }
 
 mod humantime_serde_compat {
@@ -64,6 +66,8 @@ pub struct Shared {
     source: ConfigSource,
     vars: Vars,
     bound: Vec<(String, SocketAddr)>,
+    /// `server.workers` as configured at startup (the running count is fixed until restart).
+    configured_workers: usize,
     generation: AtomicU64,
     reload_lock: Mutex<()>,
     reloads: Mutex<VecDeque<ReloadRecord>>,
@@ -82,21 +86,38 @@ impl Shared {
         });
         match result {
             Ok(snapshot) => {
+                let pending = self.pending_restart(&snapshot);
+                for setting in &pending {
+                    tracing::warn!("{setting} changed: it takes effect after a restart");
+                }
                 self.snapshot.store(snapshot);
                 self.generation.store(generation, Ordering::Relaxed);
-                self.record(generation, Ok(()));
+                self.record(generation, Ok(()), pending);
                 tracing::info!(generation, "config reloaded");
                 Ok(generation)
             }
             Err(errors) => {
                 tracing::error!("config reload failed; the running config stays\n{errors}");
-                self.record(self.generation.load(Ordering::Relaxed), Err(&errors));
+                self.record(self.generation.load(Ordering::Relaxed), Err(&errors), Vec::new());
                 Err(errors)
             }
         }
     }
 
-    fn record(&self, generation: u64, result: Result<(), &ConfigErrors>) {
+    /// What the new snapshot changes that only a restart applies.
+    fn pending_restart(&self, next: &Snapshot) -> Vec<String> {
+        let running = self.snapshot.load();
+        let mut pending = Vec::new();
+        if next.config.admin != running.config.admin {
+            pending.push("admin".to_owned());
+        }
+        if next.server.workers != self.configured_workers {
+            pending.push("server.workers".to_owned());
+        }
+        pending
+    }
+
+    fn record(&self, generation: u64, result: Result<(), &ConfigErrors>, pending_restart: Vec<String>) {
         let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
         if reloads.len() == 50 {
             reloads.pop_front();
@@ -106,6 +127,7 @@ impl Shared {
             generation,
             ok: result.is_ok(),
             errors: result.err().map(|e| e.diagnostics.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+            pending_restart,
         });
     }
 
@@ -138,7 +160,8 @@ impl Gateway {
         // Check everything before binding anything, so a bad config fails without side effects.
         let check = Context { registry: &registry, bound: None, generation: 0, dry_run: true };
         let checked = compile(&loaded.config, &check).map_err(|d| loaded.locate(d))?;
-        let workers = options.workers.unwrap_or(checked.server.workers).max(1);
+        let configured_workers = checked.server.workers;
+        let workers = options.workers.unwrap_or(configured_workers).max(1);
         let mut bound = Vec::new();
         for l in &checked.listeners {
             bound.push(listener::bind(&l.name, l.address, workers)?);
@@ -155,6 +178,7 @@ impl Gateway {
             source: options.source.clone(),
             vars: options.vars,
             bound: names,
+            configured_workers,
             generation: AtomicU64::new(1),
             reload_lock: Mutex::new(()),
             reloads: Mutex::new(VecDeque::new()),

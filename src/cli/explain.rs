@@ -139,10 +139,8 @@ pub fn explain_request(
         .host()
         .map(str::to_owned)
         .or_else(|| {
-            headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+            let value = headers.get(http::header::HOST)?.to_str().ok()?;
+            crate::proxy::headers::strip_port(value).map(str::to_owned)
         })
         .map(|h| h.to_ascii_lowercase());
 

@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
 use crate::policy::{DirectResponse, HeaderFilter, Redirect, RoutePolicies};
-use crate::proxy::normalize::{EscapedSlashes, PathOptions};
+use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
     HeaderMatcher, HostPattern, PathPattern, PathRewrite, QueryMatcher, RewriteTemplate, RouteId, RouteSpec,
     RouteTable, ValueMatch,
@@ -61,7 +61,10 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     let listeners = listener_names(config, ctx, &mut problems);
     let upstreams = upstreams(config, ctx.registry, &mut problems);
     let global = policies(&config.policies, "policies", &mut problems);
-    let (routes, specs) = routes(config, &upstreams, &global, &listeners, &mut problems);
+    if global.redirect.is_some() && global.direct_response.is_some() {
+        problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
+    }
+    let (routes, specs) = routes(config, &server.path, &upstreams, &global, &listeners, &mut problems);
 
     let access_log = if config.access_log.enabled && !ctx.dry_run {
         match AccessLogWriter::open(&config.access_log.path) {
@@ -399,6 +402,7 @@ type RouteSpecs = Vec<(RouteSpec, Option<BTreeSet<String>>)>;
 
 fn routes(
     config: &LocalConfig,
+    path_options: &PathOptions,
     upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
     global: &RoutePolicies,
     listeners: &[(Arc<str>, SocketAddr)],
@@ -425,8 +429,18 @@ fn routes(
         });
 
         let id = i as RouteId;
-        let spec = route_spec(id, &name, r, &base, problems);
-        let route_policies = merge(global, policies(&r.policies, &format!("{base}.policies"), problems));
+        let spec = route_spec(id, &name, r, &base, path_options, problems);
+        let own = policies(&r.policies, &format!("{base}.policies"), problems);
+        if own.responds() && r.upstream.is_some() {
+            problems.add(
+                format!("{base}.upstream"),
+                "this route answers by itself (direct_response or redirect), so its upstream would never be used; remove one",
+            );
+        }
+        if own.redirect.is_some() && own.direct_response.is_some() {
+            problems.add(format!("{base}.policies"), "a route answers with a redirect or a direct_response, not both");
+        }
+        let route_policies = merge(global, own);
 
         let upstream = match &r.upstream {
             Some(u) => match upstreams.get(u.as_str()) {
@@ -456,11 +470,24 @@ fn routes(
                 problems.add(format!("{base}.rewrite"), "use either strip_prefix or rewrite, not both");
                 PathRewrite::None
             }
-            (Some(StripPrefixConfig::Segments(n)), None) => PathRewrite::StripSegments(*n as usize),
-            (Some(StripPrefixConfig::Prefix(p)), None) => {
-                let p = p.trim_end_matches('/');
-                if !p.starts_with('/') || p.contains("//") {
-                    problems.add(format!("{base}.strip_prefix"), format!("\"{p}\" must be a path starting with /"));
+            (Some(StripPrefixConfig::Segments(n)), None) => {
+                if *n == 0 {
+                    problems.add(format!("{base}.strip_prefix"), "strip at least 1 segment, or leave strip_prefix out");
+                }
+                PathRewrite::StripSegments(*n as usize)
+            }
+            (Some(StripPrefixConfig::Prefix(raw)), None) => {
+                let p = raw.trim_end_matches('/');
+                if raw.parse::<u32>().is_ok() {
+                    problems.add(
+                        format!("{base}.strip_prefix"),
+                        format!("\"{raw}\" is a string; to strip {raw} segments write the number without quotes"),
+                    );
+                } else if p.is_empty() && raw.starts_with('/') {
+                    problems
+                        .add(format!("{base}.strip_prefix"), "stripping \"/\" changes nothing; leave strip_prefix out");
+                } else if !p.starts_with('/') || p.contains("//") {
+                    problems.add(format!("{base}.strip_prefix"), format!("\"{raw}\" must be a path starting with /"));
                 }
                 PathRewrite::StripPrefix(p.to_owned())
             }
@@ -525,6 +552,11 @@ fn routes(
     (routes, specs)
 }
 
+/// Error texts of some libraries span several lines; a diagnostic is one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {
         "none".to_owned()
@@ -536,7 +568,14 @@ fn list_or_none(names: &[&str]) -> String {
 }
 
 /// The route's match block as a `RouteSpec`, or `None` if any part of it is invalid.
-fn route_spec(id: RouteId, name: &str, r: &RouteConfig, base: &str, problems: &mut Problems) -> Option<RouteSpec> {
+fn route_spec(
+    id: RouteId,
+    name: &str,
+    r: &RouteConfig,
+    base: &str,
+    path_options: &PathOptions,
+    problems: &mut Problems,
+) -> Option<RouteSpec> {
     let before = problems.0.len();
     let m = &r.matcher;
     let mut hosts = Vec::new();
@@ -563,7 +602,7 @@ fn route_spec(id: RouteId, name: &str, r: &RouteConfig, base: &str, problems: &m
             }
             for (i, p) in list.as_slice().iter().enumerate() {
                 let at = list.element_path(&format!("{base}.match.path"), i);
-                match path_pattern(p) {
+                match path_pattern(p, path_options) {
                     Ok(p) => paths.push(p),
                     Err(message) => problems.add(at, message),
                 }
@@ -618,10 +657,29 @@ fn route_spec(id: RouteId, name: &str, r: &RouteConfig, base: &str, problems: &m
     Some(RouteSpec { id, name: Arc::from(name), priority: r.priority, hosts, paths, methods, headers, query })
 }
 
-fn path_pattern(p: &PathMatchConfig) -> Result<PathPattern, String> {
+fn path_pattern(p: &PathMatchConfig, path_options: &PathOptions) -> Result<PathPattern, String> {
+    // Requests are normalised before routing, so a literal a normalised path can never contain
+    // (`//`, `/./`, `%7E`, lowercase escapes) would make a route that silently never matches.
+    let literal = match p {
+        PathMatchConfig::Pattern(s)
+        | PathMatchConfig::Explicit(PathMatchExplicit::Exact(s))
+        | PathMatchConfig::Explicit(PathMatchExplicit::Prefix(s)) => Some(s),
+        PathMatchConfig::Explicit(PathMatchExplicit::Regex(_)) => None,
+    };
+    if let Some(s) = literal {
+        match normalize_path(s, path_options) {
+            Ok(normal) if normal != s.as_str() => {
+                return Err(format!("\"{s}\" never matches: requests are normalised first; write \"{normal}\""));
+            }
+            Err(e) if s.starts_with('/') => return Err(format!("\"{s}\" never matches: {}", e.reason())),
+            _ => {}
+        }
+    }
     match p {
         PathMatchConfig::Pattern(s) => PathPattern::parse(s).map_err(|e| e.to_string()),
-        PathMatchConfig::Explicit(PathMatchExplicit::Regex(r)) => PathPattern::regex(r).map_err(|e| e.to_string()),
+        PathMatchConfig::Explicit(PathMatchExplicit::Regex(r)) => {
+            PathPattern::regex(r).map_err(|e| one_line(&e.to_string()))
+        }
         PathMatchConfig::Explicit(PathMatchExplicit::Exact(s)) => {
             if s.contains(['{', '}', '*']) {
                 return Err(format!("\"{s}\": an exact path cannot contain {{, }} or *"));
@@ -657,7 +715,10 @@ fn value_match(rule: &ValueMatchConfig, at: &str, problems: &mut Problems) -> Op
                 return match regex::Regex::new(&format!("^(?:{v})$")) {
                     Ok(re) => Some(ValueMatch::Regex(re)),
                     Err(e) => {
-                        problems.add(format!("{at}.regex"), format!("invalid regular expression: {e}"));
+                        problems.add(
+                            format!("{at}.regex"),
+                            format!("invalid regular expression: {}", one_line(&e.to_string())),
+                        );
                         None
                     }
                 };

@@ -120,7 +120,18 @@ pub fn parse(name: &str, text: &str, vars: &Vars) -> Result<Loaded, ConfigErrors
         return Err(fail(vec![Diagnostic::new("", format!("config is larger than {MAX_CONFIG_BYTES} bytes"))]));
     }
     let lookup = |var: &str| vars.get(var);
-    let tree = yaml::Node::parse(text, &lookup).map_err(fail)?;
+    let mut tree = yaml::Node::parse(text, &lookup).map_err(fail)?;
+    match &mut tree.value {
+        yaml::Value::Map(entries) => {
+            // Top-level `x-…` keys are free for the user: a place to park YAML anchors, as in
+            // Compose files. They are not config.
+            entries.retain(|(key, _)| !key.as_str().is_some_and(|k| k.starts_with("x-")));
+        }
+        yaml::Value::Scalar(s) if matches!(s.kind, yaml::ScalarKind::Null) => {
+            return Err(fail(vec![Diagnostic::new("", "the config is empty: it needs at least `listeners:`")]));
+        }
+        _ => {}
+    }
     let config: LocalConfig = yaml::from_node_all(&tree).map_err(fail)?;
     Ok(Loaded { config, tree, name: name.to_owned() })
 }
@@ -139,6 +150,8 @@ impl Loaded {
                 d.span = self.tree.at_path(&d.path).map(|n| n.span);
             }
         }
+        // In the order of the file; errors without a position (whole-config ones) come first.
+        diagnostics.sort_by_key(|d| d.span);
         ConfigErrors { source: self.name.clone(), diagnostics }
     }
 }

@@ -20,10 +20,16 @@ pub struct DirectResponse {
 impl DirectResponse {
     pub fn compile(config: &DirectResponseConfig) -> Result<DirectResponse, Vec<(String, String)>> {
         let mut errors = Vec::new();
-        let status = StatusCode::from_u16(config.status).ok().filter(|s| !s.is_informational()).unwrap_or_else(|| {
-            errors.push(("status".to_owned(), format!("{} is not a valid final status code (200-599)", config.status)));
-            StatusCode::OK
-        });
+        let status = StatusCode::from_u16(config.status)
+            .ok()
+            .filter(|s| (200..=599).contains(&s.as_u16()))
+            .unwrap_or_else(|| {
+                errors.push((
+                    "status".to_owned(),
+                    format!("{} is not a valid final status code (200-599)", config.status),
+                ));
+                StatusCode::OK
+            });
         let body = Bytes::from(config.body.clone().unwrap_or_default());
         let mut headers = Vec::new();
         let content_type = match &config.content_type {
@@ -31,7 +37,14 @@ impl DirectResponse {
             None if body.first().is_some_and(|b| *b == b'{' || *b == b'[') => "application/json".to_owned(),
             None => "text/plain; charset=utf-8".to_owned(),
         };
-        if !body.is_empty() || config.content_type.is_some() {
+        let explicit = config.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type"));
+        if explicit && config.content_type.is_some() {
+            errors.push((
+                "content_type".to_owned(),
+                "set the content type either here or in headers, not both".to_owned(),
+            ));
+        }
+        if !explicit && (!body.is_empty() || config.content_type.is_some()) {
             match HeaderValue::from_str(&content_type) {
                 Ok(v) => headers.push((header::CONTENT_TYPE, v)),
                 Err(_) => errors.push(("content_type".to_owned(), "invalid content type".to_owned())),

@@ -33,14 +33,14 @@ impl RoutePolicies {
     /// The kinds configured, in the order they run: for `explain` and `routes`.
     pub fn names_in_order(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
+        if self.request_headers.is_some() {
+            names.push("request_headers");
+        }
         if self.redirect.is_some() {
             names.push("redirect");
         }
         if self.direct_response.is_some() {
             names.push("direct_response");
-        }
-        if self.request_headers.is_some() {
-            names.push("request_headers");
         }
         if self.response_headers.is_some() {
             names.push("response_headers (on the response)");

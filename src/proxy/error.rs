@@ -157,6 +157,7 @@ impl From<UpstreamError> for ProxyError {
         match err {
             UpstreamError::Connect { .. } => ProxyError::UpstreamUnavailable(err.to_string()),
             UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
+            UpstreamError::ResponseTimeout { after, .. } => ProxyError::UpstreamTimeout(after),
             UpstreamError::Exchange { ref source, .. } => match client_body_failure(source) {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge { limit: *limit },
                 Some(_) => ProxyError::BadRequest("the request body is malformed or was cut off".into()),

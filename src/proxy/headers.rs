@@ -76,6 +76,18 @@ pub fn add_forwarded(
     trusted: bool,
     original_host: Option<&HeaderValue>,
 ) {
+    if !trusted {
+        // Whatever gatehouse adds or not, an untrusted client's claims about its origin never
+        // reach the upstream.
+        if !server.x_forwarded {
+            headers.remove(&X_FORWARDED_FOR);
+            headers.remove(&X_FORWARDED_PROTO);
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if !server.forwarded {
+            headers.remove(header::FORWARDED);
+        }
+    }
     if server.x_forwarded {
         let xff = match headers.get(&X_FORWARDED_FOR).filter(|_| trusted) {
             Some(_) => append_list(headers.get_all(&X_FORWARDED_FOR).iter(), conn.peer_ip_value.as_bytes()),
@@ -222,8 +234,9 @@ pub fn request_host(parts: &Parts) -> Result<Option<Cow<'_, str>>, ProxyError> {
     }
 }
 
-/// `host[:port]` → `host`, validating the characters (RFC 3986 reg-name or IP literal).
-fn strip_port(authority: &str) -> Option<&str> {
+/// `host[:port]` → `host`, validating the characters (RFC 3986 reg-name or IP literal). A
+/// trailing dot (the fully qualified form, `example.com.`) is dropped: it names the same host.
+pub fn strip_port(authority: &str) -> Option<&str> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (ip, after) = rest.split_once(']')?;
         if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) {
@@ -240,6 +253,7 @@ fn strip_port(authority: &str) -> Option<&str> {
         Some(_) => return None,
         None => authority,
     };
+    let host = host.strip_suffix('.').unwrap_or(host);
     let valid = !host.is_empty()
         && host.len() <= 253
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
@@ -300,6 +314,8 @@ mod tests {
         assert_eq!(strip_port("Example.com:8080"), Some("Example.com"));
         assert_eq!(strip_port("[::1]:80"), Some("[::1]"));
         assert_eq!(strip_port("a.b"), Some("a.b"));
+        assert_eq!(strip_port("Example.com.:443"), Some("Example.com"), "the fully qualified form");
+        assert_eq!(strip_port("."), None);
         for bad in ["", ":80", "a b", "a:x", "[::1", "[zz]", "a/b", "a@b", "host:123456", "[::1]x"] {
             assert_eq!(strip_port(bad), None, "{bad}");
         }

@@ -105,6 +105,9 @@ impl Exchange<'_> {
         let request_id = request_id::resolve(&mut parts.headers, server);
         self.log.set_request_id(&request_id);
         self.request_id = Some(request_id.clone());
+        if self.log.is_detailed() {
+            self.log.set_client(headers::client_ip(&parts.headers, self.conn.peer.ip(), server));
+        }
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported: gatehouse is not a forward proxy".into()));
         }
@@ -113,6 +116,9 @@ impl Exchange<'_> {
         let host = headers::request_host(&parts)?;
         let path = normalize::normalize_path(parts.uri.path(), &server.path)
             .map_err(|e| ProxyError::BadRequest(e.reason().into()))?;
+        if self.log.is_detailed() {
+            self.log.set_path(&path);
+        }
 
         // 4. Route.
         let listener = &snap.listeners[self.conn.listener];
@@ -160,9 +166,6 @@ impl Exchange<'_> {
 
         // 7. The upstream request: hop-by-hop headers out, forwarding headers in, path rewritten.
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
-        if self.log.is_detailed() {
-            self.log.set_client(headers::client_ip(&parts.headers, self.conn.peer.ip(), server));
-        }
         headers::strip_hop_by_hop(&mut parts.headers);
         // gatehouse answers `Expect: 100-continue` itself when it starts reading the body.
         parts.headers.remove(header::EXPECT);
@@ -173,9 +176,9 @@ impl Exchange<'_> {
                 parts.headers.insert(header::HOST, endpoint.authority.clone());
             }
             UpstreamHost::Preserve => {
-                if let Some(host) = original_host {
-                    parts.headers.insert(header::HOST, host);
-                }
+                // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests must have one.
+                let host = original_host.unwrap_or_else(|| endpoint.authority.clone());
+                parts.headers.insert(header::HOST, host);
             }
             UpstreamHost::Rewrite(value) => {
                 parts.headers.insert(header::HOST, value.clone());
@@ -198,18 +201,16 @@ impl Exchange<'_> {
         };
         let upstream_request = Request::from_parts(parts, body);
 
+        // The upstream's response-head timeout runs inside `send`, from the moment the request is
+        // written; the route's timeout bounds everything from the request's arrival.
         let now = Instant::now();
-        let upstream_deadline = now + upstream.response_header_timeout;
-        let route_deadline = route.timeout.map(|t| self.start + t);
-        let (deadline, route_first) = match route_deadline {
-            Some(r) if r <= upstream_deadline => (r, true),
-            _ => (upstream_deadline, false),
-        };
-        let sent = tokio::time::timeout_at(deadline.into(), client::send(upstream, endpoint, upstream_request)).await;
-        let (response, checkout) = match sent {
-            Ok(result) => result?,
-            Err(_) if route_first => return Err(ProxyError::RouteTimeout(route.timeout.unwrap_or_default())),
-            Err(_) => return Err(ProxyError::UpstreamTimeout(upstream.response_header_timeout)),
+        let exchange = client::send(upstream, endpoint, upstream_request);
+        let (response, checkout) = match route.timeout {
+            Some(limit) => match tokio::time::timeout_at((self.start + limit).into(), exchange).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ProxyError::RouteTimeout(limit)),
+            },
+            None => exchange.await?,
         };
         self.log.set_upstream_latency(now.elapsed());
 

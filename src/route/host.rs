@@ -49,7 +49,7 @@ impl HostPattern {
     /// first label. A bracketed IPv6 literal is accepted as an exact host.
     pub fn parse(s: &str) -> Result<HostPattern, PatternError> {
         if s.is_empty() {
-            return Err(PatternError::new("empty host pattern; leave `hosts` empty to match any host"));
+            return Err(PatternError::new("empty host pattern; leave `match.host` out to match any host"));
         }
         if !s.is_ascii() {
             return Err(PatternError::new(format!(
@@ -67,7 +67,7 @@ impl HostPattern {
             )));
         }
         if lower == "*" {
-            return Err(PatternError::new("host pattern `*` would match every host; leave `hosts` empty instead"));
+            return Err(PatternError::new("host pattern `*` would match every host; leave `match.host` out instead"));
         }
         match lower.strip_prefix("*.") {
             Some(rest) => {

@@ -38,7 +38,7 @@
 //! - A regex path pattern is matched against the whole normalised path: it is anchored as
 //!   `^(?:...)$`, and its named groups become params. It is displayed as `regex:^...$`.
 //! - The query string is never part of the path; match it with query matchers.
-//! - A request target that does not start with `/` (`OPTIONS *`) can only match a regex.
+//! - A request target that does not start with `/` (`OPTIONS *`) is refused before routing.
 //!
 //! # Hosts, methods, headers, query
 //!

@@ -116,13 +116,13 @@ impl RewriteTemplate {
         for pattern in paths {
             if let Some(name) = self.referenced().find(|n| !pattern.param_names().any(|p| p == *n)) {
                 return Err(PatternError::new(format!(
-                    "rewrite `{}` uses `{{{name}}}`, but path pattern `{pattern}` has no such param",
+                    "template `{}` uses `{{{name}}}`, but path pattern `{pattern}` has no such param",
                     self.text
                 )));
             }
             if self.uses_tail() && !pattern.has_tail() {
                 return Err(PatternError::new(format!(
-                    "rewrite `{}` uses `{{**}}`, but path pattern `{pattern}` does not end in `**` \
+                    "template `{}` uses `{{**}}`, but path pattern `{pattern}` does not end in `**` \
                      or `{{*name}}`",
                     self.text
                 )));
@@ -357,7 +357,7 @@ mod tests {
         let tpl = |s: &str| PathRewrite::Template(RewriteTemplate::parse(s).unwrap());
         assert!(validate_rewrite(&tpl("/v2/{id}"), &paths(&["/users/{id}", "/people/{id}/**"])).is_ok());
         let e = validate_rewrite(&tpl("/v2/{id}"), &paths(&["/users/{id}", "/users/**"])).unwrap_err();
-        assert_eq!(e.to_string(), "rewrite `/v2/{id}` uses `{id}`, but path pattern `/users/**` has no such param");
+        assert_eq!(e.to_string(), "template `/v2/{id}` uses `{id}`, but path pattern `/users/**` has no such param");
         let e = validate_rewrite(&tpl("/v2/{**}"), &paths(&["/a/**", "/b/{x}"])).unwrap_err();
         assert!(e.to_string().contains("path pattern `/b/{x}` does not end in `**`"), "{e}");
         assert!(validate_rewrite(&tpl("/v2/{**}/{rest}"), &paths(&["/a/{*rest}"])).is_ok());

@@ -33,6 +33,8 @@ struct Detail {
     client: IpAddr,
     method: Method,
     uri: Uri,
+    /// The normalised path, once known (a request rejected earlier logs the path as received).
+    path: Option<String>,
     user_agent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     route: Option<Arc<str>>,
@@ -64,6 +66,7 @@ impl RequestLog {
                 client: crate::state::canonical_ip(info.peer.ip()),
                 method: info.method.clone(),
                 uri: info.uri.clone(),
+                path: None,
                 user_agent: info.user_agent.cloned(),
                 request_id: None,
                 route: None,
@@ -103,6 +106,12 @@ impl RequestLog {
     pub fn set_request_id(&mut self, id: &HeaderValue) {
         if let Some(d) = &mut self.detail {
             d.request_id = Some(id.clone());
+        }
+    }
+
+    pub fn set_path(&mut self, path: &str) {
+        if let Some(d) = &mut self.detail {
+            d.path = Some(path.to_owned());
         }
     }
 
@@ -157,7 +166,7 @@ impl RequestLog {
             client: d.client,
             peer: d.peer,
             method: d.method.as_str(),
-            path: d.uri.path(),
+            path: d.path.as_deref().unwrap_or_else(|| d.uri.path()),
             route: d.route.as_deref(),
             upstream: d.upstream.as_deref(),
             status,

@@ -5,6 +5,7 @@
 //! next pooled connection or a new one, so a stale pool never fails a request. New connections are
 //! made with the upstream's connect timeout, trying each resolved address in turn.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub enum UpstreamError {
     ConnectTimeout { endpoint: String },
     #[error("upstream {endpoint} failed: {source}")]
     Exchange { endpoint: String, source: hyper::Error },
+    #[error("upstream {endpoint} sent no response head within {after:?}")]
+    ResponseTimeout { endpoint: String, after: Duration },
 }
 
 /// Sends `request` to `endpoint` and waits for the response head.
@@ -42,7 +45,7 @@ pub async fn send(
         if sender.ready().await.is_err() {
             continue;
         }
-        match sender.try_send_request(request).await {
+        match timed(upstream, endpoint, sender.try_send_request(request)).await? {
             Ok(response) => return Ok((response, Checkout::new(key, sender, upstream.pool))),
             Err(mut err) => match err.take_message() {
                 // Not written: the connection died while idle. Try the next one.
@@ -55,10 +58,22 @@ pub async fn send(
     if let Err(source) = sender.ready().await {
         return Err(exchange_error(endpoint, source));
     }
-    match sender.try_send_request(request).await {
+    match timed(upstream, endpoint, sender.try_send_request(request)).await? {
         Ok(response) => Ok((response, Checkout::new(key, sender, upstream.pool))),
         Err(err) => Err(exchange_error(endpoint, err.into_error())),
     }
+}
+
+/// Bounds the wait for the response head by the upstream's `response_header` timeout.
+async fn timed<T>(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    exchange: impl Future<Output = T>,
+) -> Result<T, UpstreamError> {
+    tokio::time::timeout(upstream.response_header_timeout, exchange).await.map_err(|_| UpstreamError::ResponseTimeout {
+        endpoint: endpoint.url.to_string(),
+        after: upstream.response_header_timeout,
+    })
 }
 
 fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {

@@ -102,3 +102,27 @@ routes: [{{ name: app, upstream: app }}]
     std::thread::sleep(Duration::from_millis(100));
     assert!(!log.exists());
 }
+
+#[tokio::test]
+async fn logged_paths_are_normalised_and_clients_resolved_through_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&format!(
+        r#"server: {{ workers: 1, trusted_proxies: ["127.0.0.1"] }}
+access_log: {{ enabled: true, path: "{}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: hi, match: {{ path: /hello }}, policies: [{{ direct_response: {{ status: 200 }} }}] }}
+"#,
+        log.display()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    client.request("GET", "/a/../hell%6f", &[("x-forwarded-for", "203.0.113.9")], "").await;
+    client.request("GET", "/nowhere", &[("x-forwarded-for", "198.51.100.4, 127.0.0.1")], "").await;
+    let lines = read_lines(&log, 2);
+    assert_eq!(lines[0]["path"], "/hello");
+    assert_eq!(lines[0]["route"], "hi");
+    assert_eq!(lines[0]["client"], "203.0.113.9");
+    assert_eq!(lines[1]["status"], 404);
+    assert_eq!(lines[1]["client"], "198.51.100.4", "resolved for requests that reach no upstream too");
+}

@@ -128,3 +128,70 @@ fn hostile_config_text_is_rejected_cleanly() {
     assert!(compile_text(&"x".repeat(config::MAX_CONFIG_BYTES + 1), Vars::default()).is_err());
     assert!(compile_text("\u{0}\u{1}\u{2}", Vars::default()).is_err());
 }
+
+#[test]
+fn patterns_that_could_never_match_a_normalised_path_are_errors() {
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:1" }]
+upstreams: { u: { endpoints: ["http://a:1"] } }
+routes:
+  - { name: a, match: { path: "/%7Euser/**" }, upstream: u }
+  - { name: b, match: { path: "/a//b" }, upstream: u }
+  - { name: c, match: { path: { prefix: "/x/./y" } }, upstream: u }
+  - { name: d, match: { path: "/caf%c3%a9" }, upstream: u }
+  - { name: e, strip_prefix: "/", upstream: u }
+  - { name: f, strip_prefix: "2", upstream: u }
+  - { name: g, strip_prefix: 0, upstream: u }
+"#;
+    let text = compile_text(text, Vars::default()).unwrap_err().to_string();
+    for expected in [
+        "routes[0].match.path: \"/%7Euser/**\" never matches: requests are normalised first; write \"/~user/**\"",
+        "routes[1].match.path: \"/a//b\" never matches",
+        "routes[2].match.path: \"/x/./y\" never matches",
+        "write \"/caf%C3%A9\"",
+        "routes[4].strip_prefix: stripping \"/\" changes nothing",
+        "routes[5].strip_prefix: \"2\" is a string; to strip 2 segments write the number without quotes",
+        "routes[6].strip_prefix: strip at least 1 segment",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn empty_configs_extension_keys_and_conflicting_answers() {
+    let errors = compile_text("# nothing here\n", Vars::default()).unwrap_err().to_string();
+    assert!(errors.contains("the config is empty"), "{errors}");
+    let text = r#"
+x-common: &timeouts { connect: 1s, response_header: 5s }
+listeners: [{ name: public, address: "127.0.0.1:1" }]
+upstreams:
+  u: { endpoints: ["http://a:1"], timeouts: *timeouts }
+routes:
+  - { name: a, upstream: u }
+"#;
+    let snap = compile_text(text, Vars::default()).unwrap();
+    assert_eq!(snap.upstreams["u"].connect_timeout, std::time::Duration::from_secs(1), "x- keys hold anchors");
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:1" }]
+upstreams: { u: { endpoints: ["http://a:1"] } }
+policies: [{ redirect: { location: "https://elsewhere.example/" } }]
+routes:
+  - { name: both, upstream: u, policies: [{ direct_response: { status: 200 } }] }
+  - { name: two-answers, policies: [{ direct_response: { status: 200 } }, { redirect: { location: /x } }] }
+  - { name: bad-status, policies: [{ direct_response: { status: 600 } }] }
+  - { name: two-types, policies: [{ direct_response: { status: 200, content_type: text/plain, headers: { Content-Type: a/b } } }] }
+"#;
+    let errors = compile_text(text, Vars::default()).unwrap_err().to_string();
+    for expected in [
+        "routes[0].upstream: this route answers by itself",
+        "routes[1].policies: a route answers with a redirect or a direct_response, not both",
+        "routes[2].policies[0].direct_response.status: 600 is not a valid final status code",
+        "routes[3].policies[0].direct_response.content_type: set the content type either here or in headers",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} missing from:\n{errors}");
+    }
+    let lines: Vec<&str> = errors.lines().skip(1).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| l.split(':').nth(1).and_then(|n| n.parse::<u32>().ok()));
+    assert_eq!(lines, sorted, "errors are listed in file order");
+}

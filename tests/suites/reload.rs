@@ -169,3 +169,17 @@ async fn shutdown_gives_up_on_requests_after_the_grace_period() {
     assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
     assert!(stuck.await.unwrap(), "the stuck connection was closed");
 }
+
+#[tokio::test]
+async fn settings_that_need_a_restart_are_reported_on_reload() {
+    let a = Upstream::echo("a");
+    let gw = TestGateway::start(&routed_to(&a, "/**"));
+    gw.reload_with(&format!(
+        "server: {{ workers: 3 }}\nadmin: {{ enabled: false, address: \"127.0.0.1:1\" }}\n{}",
+        routed_to(&a, "/**")
+    ));
+    let last = gw.gateway.shared().reloads().pop().unwrap();
+    assert!(last.ok);
+    assert_eq!(last.pending_restart, vec!["admin".to_owned(), "server.workers".to_owned()]);
+    assert_eq!(instance(gw.addr(), "/").await, "a");
+}

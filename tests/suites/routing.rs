@@ -258,3 +258,26 @@ routes:
     assert!(api.header("content-type").is_none());
     assert_eq!(api.header("x-served-by"), None, "the route's response_headers replaces the global one");
 }
+
+#[tokio::test]
+async fn hosts_in_fully_qualified_form_and_http_1_0_without_host() {
+    let upstream = Upstream::echo("svc");
+    let config = format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\n\
+         upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\n\
+         routes:\n\
+         \x20 - {{ name: api, match: {{ host: api.example.com }}, upstream: svc }}\n\
+         \x20 - {{ name: keep, match: {{ path: /keep }}, upstream: svc, preserve_host: true }}\n",
+        upstream.url()
+    );
+    let gw = TestGateway::start(&config);
+    let mut client = Client::connect(gw.addr()).await;
+    let reply = client.request("GET", "/", &[("host", "api.example.com.")], "").await;
+    assert_eq!(reply.status, 200, "a trailing dot names the same host");
+    let mut conn = crate::common::RawConn::connect(gw.addr()).await;
+    conn.send(b"GET /keep HTTP/1.0\r\n\r\n").await;
+    let reply = conn.read_response(std::time::Duration::from_secs(2)).await.expect("response");
+    assert_eq!(reply.status, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.last().unwrap().headers["host"], upstream.addr.to_string(), "no Host to preserve: the endpoint's");
+}

@@ -61,14 +61,14 @@ async fn an_unreachable_endpoint_gets_a_connect_timeout() {
     let gw = TestGateway::start(&format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:
-  blackhole: {{ endpoints: ["http://{addr}"], timeouts: {{ connect: 300ms }} }}
+  blackhole: {{ endpoints: ["http://{addr}"], timeouts: {{ connect: 300ms, response_header: 100ms }} }}
 routes: [{{ name: all, upstream: blackhole }}]
 "#
     ));
     let started = Instant::now();
     let reply = get(gw.addr(), "/").await;
     assert_eq!(reply.status, 504, "{}", reply.text());
-    assert_eq!(reply.error_code(), "upstream_connect_timeout");
+    assert_eq!(reply.error_code(), "upstream_connect_timeout", "the response-head timeout starts after connecting");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
