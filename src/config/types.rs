@@ -376,7 +376,9 @@ impl Default for UpstreamTimeoutsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
-    /// Idle keep-alive connections kept per endpoint and worker.
+    /// Idle keep-alive connections kept per endpoint and worker. When more requests run at once
+    /// than this, the surplus connections are closed as they finish and opened again at the next
+    /// peak: keep it at or above the concurrency an endpoint sees.
     pub max_idle_per_endpoint: u32,
     /// An idle pooled connection older than this is closed. Keep it below the upstream's own
     /// keep-alive timeout, so that gatehouse, not the upstream, closes idle connections.
@@ -385,7 +387,7 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { max_idle_per_endpoint: 256, idle_timeout: DurationValue::secs(30) }
+        PoolConfig { max_idle_per_endpoint: 1024, idle_timeout: DurationValue::secs(30) }
     }
 }
 

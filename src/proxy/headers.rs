@@ -21,50 +21,105 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+/// The hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard `Keep-Alive` and
+/// `Proxy-Connection`), by bit position in `HeadScan::hop`.
+const HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+];
+const CONNECTION_BIT: u16 = 1;
+const TRANSFER_ENCODING_BIT: u16 = 1 << 5;
+
+fn hop_by_hop_bit(name: &str) -> u16 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "proxy-authorization" => 1 << 7,
+        "proxy-authenticate" => 1 << 8,
+        _ => 0,
+    }
+}
+
+/// What one pass over a message's header fields found, so that later steps look up only what is
+/// there: most requests carry no hop-by-hop header, no `Expect` and no `Transfer-Encoding`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadScan {
+    /// Which hop-by-hop headers are present (bits as in `HOP_BY_HOP`).
+    pub hop: u16,
+    /// Total bytes of names and values.
+    pub bytes: usize,
+    pub expect: bool,
+}
+
+impl HeadScan {
+    pub fn transfer_encoding(&self) -> bool {
+        self.hop & TRANSFER_ENCODING_BIT != 0
+    }
+}
+
+pub fn scan(headers: &HeaderMap) -> HeadScan {
+    let mut scan = HeadScan::default();
+    for (name, value) in headers {
+        let name = name.as_str();
+        scan.bytes += name.len() + value.len();
+        scan.hop |= hop_by_hop_bit(name);
+        scan.expect |= name == "expect";
+    }
+    scan
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header named in
-/// `Connection`. These describe one connection and must not be forwarded to the next.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+/// `Connection`. These describe one connection and must not be forwarded to the next. `hop` is
+/// `HeadScan::hop` of these headers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, hop: u16) {
+    if hop == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(&name);
+    if hop & CONNECTION_BIT != 0 {
+        // Names listed in Connection: the usual ones (`keep-alive`, `close`, `upgrade`) need no
+        // parsing; only an unusual name costs a `HeaderName`.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',') {
+                let token = token.trim();
+                if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    if hop_by_hop_bit(name.as_str()) == 0 {
+                        named.push(name);
+                    }
+                }
+            }
+        }
+        for name in &named {
+            headers.remove(name);
+        }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
+    for (bit, name) in HOP_BY_HOP.iter().enumerate() {
+        if hop & (1 << bit) != 0 {
+            headers.remove(*name);
+        }
     }
+}
+
+/// `strip_hop_by_hop` for a message not scanned before (responses).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    let hop = headers.keys().fold(0, |hop, name| hop | hop_by_hop_bit(name.as_str()));
+    strip_hop_by_hop(headers, hop);
 }
 
 /// Sets `X-Forwarded-*` and `Forwarded` for the upstream. From a trusted proxy, existing values
@@ -89,9 +144,10 @@ pub fn add_forwarded(
         }
     }
     if server.x_forwarded {
-        let xff = match headers.get(&X_FORWARDED_FOR).filter(|_| trusted) {
-            Some(_) => append_list(headers.get_all(&X_FORWARDED_FOR).iter(), conn.peer_ip_value.as_bytes()),
-            None => Some(conn.peer_ip_value.clone()),
+        let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+            append_list(headers.get_all(&X_FORWARDED_FOR).iter(), conn.peer_ip_value.as_bytes())
+        } else {
+            Some(conn.peer_ip_value.clone())
         };
         if let Some(xff) = xff {
             headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -111,18 +167,11 @@ pub fn add_forwarded(
         }
     }
     if server.forwarded {
-        let mut element = String::with_capacity(64);
-        element.push_str(&conn.forwarded_for);
-        element.push_str(";proto=");
-        element.push_str(conn.scheme);
-        if let Some(host) = original_host.and_then(|h| h.to_str().ok()) {
-            element.push_str(";host=");
-            push_forwarded_value(&mut element, host);
-        }
+        let element = conn.forwarded_element(original_host);
         let value = if trusted && headers.contains_key(header::FORWARDED) {
-            append_list(headers.get_all(header::FORWARDED).iter(), element.as_bytes())
+            element.and_then(|e| append_list(headers.get_all(header::FORWARDED).iter(), e.as_bytes()))
         } else {
-            HeaderValue::from_str(&element).ok()
+            element
         };
         match value {
             Some(v) => {
@@ -133,6 +182,19 @@ pub fn add_forwarded(
             }
         }
     }
+}
+
+/// The RFC 7239 element `for=…;proto=…;host=…` for a request to `host`.
+pub fn forwarded_element(forwarded_for: &str, scheme: &str, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let mut element = String::with_capacity(64);
+    element.push_str(forwarded_for);
+    element.push_str(";proto=");
+    element.push_str(scheme);
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        push_forwarded_value(&mut element, host);
+    }
+    HeaderValue::from_str(&element).ok()
 }
 
 /// `a, b` + `c` → `a, b, c`, joining repeated header lines into one.
@@ -204,14 +266,16 @@ fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
     })
 }
 
-/// The request's host for routing: lowercase, without port. From the absolute-form target when
-/// there is one (it overrides `Host`, RFC 9112 §3.2.2), else from the single `Host` header.
-pub fn request_host(parts: &Parts) -> Result<Option<Cow<'_, str>>, ProxyError> {
-    let raw: &str = if let Some(authority) = parts.uri.authority() {
+/// The request's host: for routing (lowercase, without port) and as the client wrote it (for
+/// `X-Forwarded-Host`, `Forwarded` and `preserve_host`). From the absolute-form target when there
+/// is one (it overrides `Host`, RFC 9112 §3.2.2), else from the single `Host` header.
+pub fn request_host(parts: &Parts) -> Result<(Option<Cow<'_, str>>, Option<HeaderValue>), ProxyError> {
+    let bad = || ProxyError::BadRequest("invalid Host header".into());
+    let (raw, value): (&str, HeaderValue) = if let Some(authority) = parts.uri.authority() {
         if authority.as_str().contains('@') {
             return Err(ProxyError::BadRequest("user information is not allowed in the request target".into()));
         }
-        authority.as_str()
+        (authority.as_str(), HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?)
     } else {
         let mut values = parts.headers.get_all(header::HOST).iter();
         let first = values.next();
@@ -222,16 +286,17 @@ pub fn request_host(parts: &Parts) -> Result<Option<Cow<'_, str>>, ProxyError> {
             None if parts.version == http::Version::HTTP_11 => {
                 return Err(ProxyError::BadRequest("missing Host header".into()));
             }
-            None => return Ok(None),
-            Some(v) => v.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header".into()))?,
+            None => return Ok((None, None)),
+            Some(v) => (v.to_str().map_err(|_| bad())?, v.clone()),
         }
     };
-    let host = strip_port(raw).ok_or_else(|| ProxyError::BadRequest("invalid Host header".into()))?;
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Some(Cow::Owned(host.to_ascii_lowercase())))
+    let host = strip_port(raw).ok_or_else(bad)?;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
     } else {
-        Ok(Some(Cow::Borrowed(host)))
-    }
+        Cow::Borrowed(host)
+    };
+    Ok((Some(host), Some(value)))
 }
 
 /// `host[:port]` → `host`, validating the characters (RFC 3986 reg-name or IP literal). A
@@ -287,7 +352,7 @@ mod tests {
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("trailer", HeaderValue::from_static("x"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
+        strip_response_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
     }

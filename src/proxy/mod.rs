@@ -111,9 +111,12 @@ impl Exchange<'_> {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported: gatehouse is not a forward proxy".into()));
         }
-        check_limits(&parts, server)?;
-        check_framing(&parts, self.conn, self.log.head_is_known())?;
-        let host = headers::request_host(&parts)?;
+        let scan = headers::scan(&parts.headers);
+        check_limits(&parts, server, &scan)?;
+        if scan.transfer_encoding() {
+            check_framing(&parts, self.conn, self.log.head_is_known())?;
+        }
+        let (host, original_host) = headers::request_host(&parts)?;
         let path = normalize::normalize_path(parts.uri.path(), &server.path)
             .map_err(|e| ProxyError::BadRequest(e.reason().into()))?;
         if self.log.is_detailed() {
@@ -166,10 +169,11 @@ impl Exchange<'_> {
 
         // 7. The upstream request: hop-by-hop headers out, forwarding headers in, path rewritten.
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
-        headers::strip_hop_by_hop(&mut parts.headers);
-        // gatehouse answers `Expect: 100-continue` itself when it starts reading the body.
-        parts.headers.remove(header::EXPECT);
-        let original_host = original_host(&parts);
+        headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
+        if scan.expect {
+            // gatehouse answers `Expect: 100-continue` itself when it starts reading the body.
+            parts.headers.remove(header::EXPECT);
+        }
         headers::add_forwarded(&mut parts.headers, self.conn, server, trusted, original_host.as_ref());
         match &route.host {
             UpstreamHost::Endpoint => {
@@ -216,7 +220,7 @@ impl Exchange<'_> {
 
         // 8. Response policies.
         let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_response_hop_by_hop(&mut parts.headers);
         policy::apply_response_policies(&route.policies, &mut parts.headers);
         parts.headers.insert(server.request_id_header.clone(), request_id);
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
@@ -225,7 +229,11 @@ impl Exchange<'_> {
 
 /// Limits on the request head that hyper does not enforce at the configured size: checked here so
 /// the client gets the JSON error (hyper's own, higher limits remain as the last line of defence).
-fn check_limits(parts: &http::request::Parts, server: &crate::state::ServerSettings) -> Result<(), ProxyError> {
+fn check_limits(
+    parts: &http::request::Parts,
+    server: &crate::state::ServerSettings,
+    scan: &headers::HeadScan,
+) -> Result<(), ProxyError> {
     let uri = &parts.uri;
     let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len() + uri.scheme_str().map_or(0, str::len) + 3);
@@ -237,10 +245,7 @@ fn check_limits(parts: &http::request::Parts, server: &crate::state::ServerSetti
             format!("more than {} request header fields", server.max_headers).into(),
         ));
     }
-    let mut bytes = 0usize;
-    for (name, value) in &parts.headers {
-        bytes += name.as_str().len() + value.len();
-    }
+    let bytes = scan.bytes;
     if bytes > server.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge(
             format!("request headers are larger than {} bytes", server.max_header_bytes).into(),
@@ -265,14 +270,6 @@ fn check_framing(parts: &http::request::Parts, conn: &ConnContext, head_known: b
         return Err(ProxyError::BadRequest("a request cannot have both Content-Length and Transfer-Encoding".into()));
     }
     Ok(())
-}
-
-/// The Host the client addressed: the absolute-form authority if any, else the Host header.
-fn original_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    }
 }
 
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {

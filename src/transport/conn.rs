@@ -230,6 +230,9 @@ pub struct ConnContext {
     pub peer_ip_value: http::HeaderValue,
     /// `for=…` for RFC 7239 `Forwarded`, built once per connection.
     pub forwarded_for: String,
+    /// The last `Forwarded` element built, with the Host it was built for: requests on one
+    /// connection nearly always name the same host, so this is built once, not per request.
+    forwarded_cache: Mutex<Option<(Option<http::HeaderValue>, Option<http::HeaderValue>)>>,
     pub state: Arc<ConnState>,
 }
 
@@ -242,7 +245,29 @@ impl ConnContext {
             std::net::IpAddr::V4(v4) => format!("for={v4}"),
             std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
         };
-        ConnContext { peer, local, listener, scheme: "http", peer_ip_value, forwarded_for, state }
+        ConnContext {
+            peer,
+            local,
+            listener,
+            scheme: "http",
+            peer_ip_value,
+            forwarded_for,
+            forwarded_cache: Mutex::new(None),
+            state,
+        }
+    }
+
+    /// This connection's `Forwarded` element for a request to `host` (cached per host).
+    pub fn forwarded_element(&self, host: Option<&http::HeaderValue>) -> Option<http::HeaderValue> {
+        let mut cache = self.forwarded_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_host, element)) = cache.as_ref() {
+            if cached_host.as_ref() == host {
+                return element.clone();
+            }
+        }
+        let element = crate::proxy::headers::forwarded_element(&self.forwarded_for, self.scheme, host);
+        *cache = Some((host.cloned(), element.clone()));
+        element
     }
 }
 

@@ -6,7 +6,8 @@
 //! response body was read to the end; anything else closes it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use hyper::client::conn::http1::SendRequest;
 
@@ -25,7 +26,26 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<u64, Vec<Idle>>,
+    idle: HashMap<u64, VecDeque<Idle>, BuildHasherDefault<EndpointIdHasher>>,
+}
+
+/// Endpoint ids are small distinct counters from the registry: they are their own hash, and a
+/// general-purpose hash of them would only cost time on every request.
+#[derive(Default)]
+struct EndpointIdHasher(u64);
+
+impl Hasher for EndpointIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 thread_local! {
@@ -58,9 +78,11 @@ impl Checkout {
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.entry(self.key).or_default();
-            if list.len() < max {
-                list.push(idle);
+            // Full: the coldest connection makes room for the warm one just released.
+            if list.len() >= max {
+                list.pop_front();
             }
+            list.push_back(idle);
         });
     }
 }
@@ -71,7 +93,7 @@ pub fn take(key: u64) -> Option<Sender> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.idle.get_mut(&key)?;
-        while let Some(idle) = list.pop() {
+        while let Some(idle) = list.pop_back() {
             if idle.sender.is_closed() || now.saturating_sub(idle.since_ms) >= idle.max_idle_ms {
                 continue;
             }
@@ -101,5 +123,5 @@ pub fn clear() {
 
 /// Idle connections in this thread's pool, per endpoint key (for tests and the admin view).
 pub fn idle_count(key: u64) -> usize {
-    POOL.with(|pool| pool.borrow().idle.get(&key).map_or(0, Vec::len))
+    POOL.with(|pool| pool.borrow().idle.get(&key).map_or(0, VecDeque::len))
 }
