@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod proxy;
 pub mod route;
 pub mod state;
 pub mod telemetry;
+mod text;
 pub mod transport;
 pub mod upstream;
 

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,14 +12,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use crate::app::Shared;
+use crate::background::Background;
 
 pub struct AdminServer {
     address: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl AdminServer {
@@ -32,34 +30,23 @@ impl AdminServer {
         if !address.ip().is_loopback() {
             tracing::warn!(%address, "the admin listener is reachable from other hosts");
         }
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("gatehouse-admin".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+        let thread = Background::spawn("gatehouse-admin", move |stop| async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start the admin runtime");
+                    tracing::error!(error = %e, "cannot register the admin socket");
                     return;
                 }
             };
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot register the admin socket");
-                        return;
-                    }
-                };
-                let app = router(shared);
-                let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                });
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
+            let served = axum::serve(listener, router(shared)).with_graceful_shutdown(async {
+                let _ = stop.await;
             });
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
         })?;
         tracing::info!(%address, "admin listening");
-        Ok(AdminServer { address, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(AdminServer { address, thread })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -67,22 +54,7 @@ impl AdminServer {
     }
 
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.thread.stop();
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::app::{Gateway, StartError, StartOptions};
+use crate::background::Background;
 use crate::config::{ConfigSource, Vars};
 use crate::demo::{DemoPorts, DemoServices};
 
@@ -29,8 +30,7 @@ pub struct DemoOptions {
 pub struct Demo {
     pub gateway: Gateway,
     pub services: SocketAddrs,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Background,
 }
 
 /// Where the demo services listen.
@@ -45,34 +45,24 @@ pub struct SocketAddrs {
 impl Demo {
     pub fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ports = options.ports;
-        let thread = std::thread::Builder::new().name("demo-services".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+        let thread = Background::spawn("demo-services", move |stop| async move {
+            match DemoServices::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ports).await {
+                Ok(services) => {
+                    let addrs = SocketAddrs {
+                        auth: services.auth,
+                        users: services.users,
+                        tasks: services.tasks,
+                        appointments: services.appointments,
+                    };
+                    let _ = ready_tx.send(Ok((addrs, services.vars())));
+                    let _ = stop.await;
+                    services.shutdown().await;
+                }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    return;
                 }
-            };
-            runtime.block_on(async move {
-                match DemoServices::start(IpAddr::V4(Ipv4Addr::LOCALHOST), ports).await {
-                    Ok(services) => {
-                        let addrs = SocketAddrs {
-                            auth: services.auth,
-                            users: services.users,
-                            tasks: services.tasks,
-                            appointments: services.appointments,
-                        };
-                        let _ = ready_tx.send(Ok((addrs, services.vars())));
-                        let _ = stop_rx.await;
-                        services.shutdown().await;
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            });
+            }
         })?;
         let (services, mut vars) = ready_rx
             .recv_timeout(Duration::from_secs(10))
@@ -88,27 +78,18 @@ impl Demo {
         start.vars = Vars::with(vars);
         start.watch = watch;
         let gateway = Gateway::start(start)?;
-        Ok(Demo { gateway, services, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Demo { gateway, services, thread })
     }
 
     pub fn stop(mut self) {
-        self.stop_services();
-    }
-
-    fn stop_services(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.stop();
     }
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
         self.gateway.shutdown_with(Duration::from_secs(1));
-        self.stop_services();
+        self.thread.stop();
     }
 }
 

@@ -60,6 +60,7 @@
 //! A path that needs no change is returned borrowed, without allocating;
 //! [`Cow::Borrowed`] is returned exactly when the result equals the input.
 
+use crate::text::hex_value;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -155,15 +156,6 @@ fn char_error(b: u8) -> PathError {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";

@@ -5,6 +5,7 @@
 //! whose rank could beat the best match so far; the query string is scanned only then, and
 //! without allocating unless a regex needs a percent-decoded value.
 
+use crate::text::hex_value;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -224,15 +225,6 @@ fn query_values<'q>(query: &'q str, name: &'q [u8]) -> impl Iterator<Item = &'q 
     })
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Form-urlencoded decoding as an iterator: `+` is a space, `%XX` a byte, and a `%` not followed
 /// by two hex digits stays literal (browsers send such queries, so they must not fail a match).
 struct Decoded<'a> {
@@ -248,7 +240,7 @@ impl Iterator for Decoded<'_> {
         match first {
             b'+' => Some(b' '),
             b'%' => match rest {
-                [h, l, tail @ ..] => match (hex(*h), hex(*l)) {
+                [h, l, tail @ ..] => match (hex_value(*h), hex_value(*l)) {
                     (Some(h), Some(l)) => {
                         self.raw = tail;
                         Some(h << 4 | l)
