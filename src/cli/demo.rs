@@ -120,12 +120,16 @@ pub fn demo(listen: &str, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!(
         "\ngatehouse demo is running.\n\n  gateway   http://{gw}\n  admin     http://{admin}\n  config    examples/demo.yaml\n\n\
          services behind it:\n  auth          {}\n  user          {}  {}\n  task          {}\n  appointment   {}\n\n\
-         try:\n  curl -s http://{gw}/health\n  curl -s http://{gw}/users            # twice: \"instance\" alternates user-1 / user-2\n  \
-         curl -s -X POST http://{gw}/auth/login -d '{{\"username\":\"alice\",\"password\":\"alice-pw\"}}'\n  \
-         curl -s http://{gw}/auth/.well-known/jwks.json\n  curl -s http://{gw}/nowhere          # 404 from the gateway, JSON\n  \
-         curl -s -X PUT http://{gw}/tasks     # 405 with Allow: GET, POST\n  \
-         curl -s http://{admin}/routes\n\n  \
-         gatehouse explain -c examples/demo.yaml GET http://{gw}/users/42\n\n\
+         try (accounts: alice/alice-pw, admin/admin-pw):\n\
+         \x20 curl -s http://{gw}/health\n\
+         \x20 curl -s -i http://{gw}/users                        # 401: a token is needed\n\
+         \x20 TOKEN=$(curl -s -X POST http://{gw}/auth/login -d '{{\"username\":\"alice\",\"password\":\"alice-pw\"}}' | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/users/me     # who the gateway says you are\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" http://{gw}/users        # twice: user-1, then user-2\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"title\":\"try gatehouse\"}}' http://{gw}/tasks\n\
+         \x20 curl -s -i -X DELETE -H \"Authorization: Bearer $TOKEN\" http://{gw}/appointments/1   # 403: admins only\n\
+         \x20 curl -s http://{admin}/routes\n\n\
+         \x20 gatehouse explain -c examples/demo.yaml DELETE http://{gw}/appointments/1\n\n\
          The access log is printed below. Stop with Ctrl-C.\n",
         s.auth, s.users[0], s.users[1], s.tasks, s.appointments,
     );

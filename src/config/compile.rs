@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
-use crate::policy::{DirectResponse, HeaderFilter, Redirect, RoutePolicies};
+use crate::policy::{AuthorizePolicy, DirectResponse, HeaderFilter, JwtPolicy, Redirect, RoutePolicies};
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
     HeaderMatcher, HostPattern, PathPattern, PathRewrite, QueryMatcher, RewriteTemplate, RouteId, RouteSpec,
@@ -26,6 +26,7 @@ use crate::telemetry::AccessLogWriter;
 use crate::upstream::{Balancer, Endpoint, PoolSettings, Upstream};
 
 use super::error::Diagnostic;
+use super::policies::*;
 use super::types::*;
 
 /// What compile needs besides the config.
@@ -60,11 +61,11 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     let server = server_settings(&config.server, &mut problems);
     let listeners = listener_names(config, ctx, &mut problems);
     let upstreams = upstreams(config, ctx.registry, &mut problems);
-    let global = policies(&config.policies, "policies", &mut problems);
+    let global = policies(&config.policies, "policies", ctx.registry, &mut problems);
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
-    let (routes, specs) = routes(config, &server.path, &upstreams, &global, &listeners, &mut problems);
+    let (routes, specs) = routes(config, ctx.registry, &server.path, &upstreams, &global, &listeners, &mut problems);
 
     let access_log = if config.access_log.enabled && !ctx.dry_run {
         match AccessLogWriter::open(&config.access_log.path) {
@@ -350,7 +351,7 @@ fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
 
 // === policies ===
 
-fn policies(list: &[PolicyConfig], base: &str, problems: &mut Problems) -> RoutePolicies {
+fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &mut Problems) -> RoutePolicies {
     let mut out = RoutePolicies::default();
     let mut kinds = HashSet::new();
     for (i, policy) in list.iter().enumerate() {
@@ -365,6 +366,14 @@ fn policies(list: &[PolicyConfig], base: &str, problems: &mut Problems) -> Route
             }
         };
         match policy {
+            PolicyConfig::Jwt(c) => match JwtPolicy::compile(c, registry) {
+                Ok(p) => out.jwt = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::Authorize(c) => match AuthorizePolicy::compile(c) {
+                Ok(p) => out.authorize = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::RequestHeaders(c) => match HeaderFilter::compile(c) {
                 Ok(f) => out.request_headers = Some(Arc::new(f)),
                 Err(e) => report(e),
@@ -389,6 +398,8 @@ fn policies(list: &[PolicyConfig], base: &str, problems: &mut Problems) -> Route
 /// A route's policies over the global ones: the route's policy of a kind replaces the global one.
 fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
     RoutePolicies {
+        jwt: route.jwt.or_else(|| global.jwt.clone()),
+        authorize: route.authorize.or_else(|| global.authorize.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
         response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
         direct_response: route.direct_response.or_else(|| global.direct_response.clone()),
@@ -402,6 +413,7 @@ type RouteSpecs = Vec<(RouteSpec, Option<BTreeSet<String>>)>;
 
 fn routes(
     config: &LocalConfig,
+    registry: &Registry,
     path_options: &PathOptions,
     upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
     global: &RoutePolicies,
@@ -430,7 +442,7 @@ fn routes(
 
         let id = i as RouteId;
         let spec = route_spec(id, &name, r, &base, path_options, problems);
-        let own = policies(&r.policies, &format!("{base}.policies"), problems);
+        let own = policies(&r.policies, &format!("{base}.policies"), registry, problems);
         if own.responds() && r.upstream.is_some() {
             problems.add(
                 format!("{base}.upstream"),
@@ -441,6 +453,12 @@ fn routes(
             problems.add(format!("{base}.policies"), "a route answers with a redirect or a direct_response, not both");
         }
         let route_policies = merge(global, own);
+        if route_policies.authorize.is_some() && route_policies.jwt.is_none() {
+            problems.add(
+                format!("{base}.policies"),
+                "authorize needs an authentication policy (jwt) on the route or in the global policies",
+            );
+        }
 
         let upstream = match &r.upstream {
             Some(u) => match upstreams.get(u.as_str()) {

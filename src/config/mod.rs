@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod error;
+mod policies;
 pub mod schema;
 mod types;
 pub mod units;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use error::{Diagnostic, Span};
+pub use policies::*;
 pub use types::*;
 
 /// Config files larger than this are refused before parsing.

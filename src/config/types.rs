@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::policies::PolicyConfig;
 use super::units::{ByteSize, DurationValue};
 
 /// The whole configuration of one gatehouse node.
@@ -639,80 +640,4 @@ impl<'de> Deserialize<'de> for StripPrefixConfig {
         }
         deserializer.deserialize_any(V)
     }
-}
-
-// === policies ===
-
-/// A policy: a configured behaviour on a route (or on every route, when global).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PolicyConfig {
-    /// Change the request headers sent upstream.
-    RequestHeaders(HeaderFilterConfig),
-    /// Change the response headers sent to the client.
-    ResponseHeaders(HeaderFilterConfig),
-    /// Answer the request at the gateway, without an upstream.
-    DirectResponse(DirectResponseConfig),
-    /// Answer with a redirect.
-    Redirect(RedirectConfig),
-}
-
-impl PolicyConfig {
-    /// The kind's name as written in config, for messages and `explain`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PolicyConfig::RequestHeaders(_) => "request_headers",
-            PolicyConfig::ResponseHeaders(_) => "response_headers",
-            PolicyConfig::DirectResponse(_) => "direct_response",
-            PolicyConfig::Redirect(_) => "redirect",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderFilterConfig {
-    /// Set (replace) these headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub set: BTreeMap<String, String>,
-    /// Append these headers (keeping existing values).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub add: BTreeMap<String, String>,
-    /// Remove these headers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DirectResponseConfig {
-    pub status: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    /// Defaults to `application/json` when the body starts with `{` or `[`, else `text/plain; charset=utf-8`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RedirectConfig {
-    /// The `Location`: an absolute URL or a path; may use the route pattern's params (`{id}`, `{**}`).
-    pub location: String,
-    /// 301, 302 (default), 303, 307 or 308.
-    #[serde(default = "default_redirect_status")]
-    pub status: u16,
-    /// Append the request's query string to the location.
-    #[serde(default = "default_true")]
-    pub keep_query: bool,
-}
-
-fn default_redirect_status() -> u16 {
-    302
-}
-
-fn default_true() -> bool {
-    true
 }

@@ -12,15 +12,12 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::StatusCode;
-use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::common::{Instance, account, parse_json};
+use crate::policy::jwt::sign::{TokenSigner, pem_der};
 
 /// `iss` of every demo token; the gateway's JWT policy in the demo config
 /// expects the same value.
@@ -37,78 +34,25 @@ pub const TOKEN_LIFETIME_SECS: u64 = 3600;
 /// with it: never trust it, or reuse it, anywhere outside the demo.
 const DEMO_KEY_PEM: &str = include_str!("demo-key.pem");
 
-const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-const PEM_END: &str = "-----END PRIVATE KEY-----";
-
 /// The demo signing key together with its published JWKS.
 pub(super) struct Signer {
-    key: RsaKeyPair,
-    rng: SystemRandom,
+    signer: TokenSigner,
     jwks: Value,
 }
 
 impl Signer {
     pub(super) fn load() -> io::Result<Signer> {
-        let der = pem_body(DEMO_KEY_PEM)?;
-        let key = RsaKeyPair::from_pkcs8(&der)
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("demo signing key rejected: {err}")))?;
-        let public = RsaPublicKeyComponents::<Vec<u8>>::from(key.public());
-        let jwks = json!({
-            "keys": [{
-                "kty": "RSA",
-                "use": "sig",
-                "alg": "RS256",
-                "kid": KEY_ID,
-                "n": URL_SAFE_NO_PAD.encode(&public.n),
-                "e": URL_SAFE_NO_PAD.encode(&public.e),
-            }]
-        });
-        Ok(Signer { key, rng: SystemRandom::new(), jwks })
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("demo signing key: {e}"));
+        let der = pem_der(DEMO_KEY_PEM, "PRIVATE KEY").map_err(invalid)?;
+        let signer = TokenSigner::rsa(&der, "RS256", Some(KEY_ID)).map_err(invalid)?;
+        let jwks = json!({ "keys": [signer.jwk()] });
+        Ok(Signer { signer, jwks })
     }
 
     /// Signs `claims` as a compact RS256 JWS.
-    fn sign(&self, claims: &Value) -> Result<String, SignError> {
-        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": KEY_ID });
-        let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?));
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key.sign(&RSA_PKCS1_SHA256, &self.rng, token.as_bytes(), &mut signature).map_err(|_| SignError::Crypto)?;
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(&signature));
-        Ok(token)
+    fn sign(&self, claims: &Value) -> Result<String, String> {
+        self.signer.sign(claims)
     }
-}
-
-#[derive(Debug)]
-enum SignError {
-    Json(serde_json::Error),
-    Crypto,
-}
-
-impl From<serde_json::Error> for SignError {
-    fn from(err: serde_json::Error) -> Self {
-        SignError::Json(err)
-    }
-}
-
-impl std::fmt::Display for SignError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SignError::Json(err) => write!(f, "cannot encode token: {err}"),
-            SignError::Crypto => f.write_str("RSA signing failed"),
-        }
-    }
-}
-
-/// Decodes the base64 body of the PKCS#8 PEM block; the lines before it are
-/// a warning for people reading the file and are skipped.
-fn pem_body(pem: &str) -> io::Result<Vec<u8>> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("demo signing key: {what}"));
-    let start = pem.find(PEM_BEGIN).ok_or_else(|| invalid("no BEGIN PRIVATE KEY line"))? + PEM_BEGIN.len();
-    let len = pem[start..].find(PEM_END).ok_or_else(|| invalid("no END PRIVATE KEY line"))?;
-    let body: String = pem[start..start + len].chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    STANDARD.decode(body).map_err(|err| invalid(&format!("bad base64: {err}")))
 }
 
 struct AuthState {

@@ -2,27 +2,35 @@
 //!
 //! Request path step 5 (request policies) and step 8 (response policies, in reverse). The order is
 //! code, not data: `apply_request_policies` below IS the order, with the reason for each position.
-//! A policy returns a `PolicyOutcome`, never a bool: either the request continues, or the policy has
-//! produced the response.
+//! A policy ends in a `PolicyOutcome` (or an error that becomes the response), never a bool.
 //!
 //! Config: a route's policy list is merged with the global list; a route's policy of a kind replaces
 //! the global policy of the same kind.
 
+pub mod authorize;
 pub mod direct;
 pub mod headers;
+pub mod identity;
+pub mod jwt;
 
 use std::sync::Arc;
 
 use http::Response;
 
 use crate::proxy::body::ProxyBody;
+use crate::proxy::error::ProxyError;
 
+pub use authorize::AuthorizePolicy;
 pub use direct::{DirectResponse, Redirect};
 pub use headers::HeaderFilter;
+pub use identity::Identity;
+pub use jwt::{JwtPolicy, QueryEdit};
 
 /// The compiled policies of one route, one slot per kind.
 #[derive(Default, Clone)]
 pub struct RoutePolicies {
+    pub jwt: Option<Arc<JwtPolicy>>,
+    pub authorize: Option<Arc<AuthorizePolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
     pub response_headers: Option<Arc<HeaderFilter>>,
     pub direct_response: Option<Arc<DirectResponse>>,
@@ -33,6 +41,12 @@ impl RoutePolicies {
     /// The kinds configured, in the order they run: for `explain` and `routes`.
     pub fn names_in_order(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
+        if self.jwt.is_some() {
+            names.push("jwt");
+        }
+        if self.authorize.is_some() {
+            names.push("authorize");
+        }
         if self.request_headers.is_some() {
             names.push("request_headers");
         }
@@ -54,7 +68,7 @@ impl RoutePolicies {
     }
 }
 
-/// The result of a request policy.
+/// The result of the request policies.
 pub enum PolicyOutcome {
     Continue,
     // Boxed: responding early is the rare path, and `Continue` should stay small.
@@ -70,29 +84,50 @@ pub struct RequestFacts<'a> {
     pub spec: &'a crate::route::RouteSpec,
 }
 
+/// What the request policies established or changed, for the later steps.
+#[derive(Default)]
+pub struct RequestState {
+    pub identity: Option<Identity>,
+    pub query_edit: QueryEdit,
+}
+
 /// Runs the route's request policies in their fixed order.
 ///
 /// The order, and why:
-/// 1. (later issues) timeout, ip_restriction, cors, authentication, authorization, rate limits, size
-///    limits: answering without an upstream must not bypass them, so they come first.
-/// 2. request filters (`request_headers`): after auth, so a filter cannot forge what auth checks,
-///    and before answering locally, so a `direct_response` sees the same request an upstream would.
-/// 3. `redirect`, then `direct_response`: they end the request, so they run last.
-pub fn apply_request_policies(
+/// 1. (later) timeout, IP restriction, CORS preflight: CORS before authentication, so that
+///    rejections still carry CORS headers and preflights need no credentials.
+/// 2. `jwt` (authentication): establishes who the caller is; it also removes identity headers a
+///    client sent, so nothing later sees a forged identity.
+/// 3. `authorize`: needs the identity from 2.
+/// 4. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
+///    that unauthenticated floods are refused before they consume anyone's quota.
+/// 5. request filters (`request_headers`): after authentication, so a filter cannot forge what
+///    authentication checks, and before answering locally, so a `direct_response` sees the same
+///    request an upstream would.
+/// 6. `redirect`, then `direct_response`: they end the request, so they run last — answering
+///    locally never bypasses authentication or authorization.
+pub async fn apply_request_policies(
     policies: &RoutePolicies,
     headers: &mut http::HeaderMap,
     facts: &RequestFacts<'_>,
-) -> PolicyOutcome {
+    state: &mut RequestState,
+) -> Result<PolicyOutcome, ProxyError> {
+    if let Some(jwt) = &policies.jwt {
+        state.identity = jwt.authenticate(headers, facts.query, &mut state.query_edit).await?;
+    }
+    if let Some(authorize) = &policies.authorize {
+        authorize.check(state.identity.as_ref())?;
+    }
     if let Some(filter) = &policies.request_headers {
         filter.apply(headers);
     }
     if let Some(redirect) = &policies.redirect {
-        return PolicyOutcome::Respond(Box::new(redirect.respond(facts)));
+        return Ok(PolicyOutcome::Respond(Box::new(redirect.respond(facts))));
     }
     if let Some(direct) = &policies.direct_response {
-        return PolicyOutcome::Respond(Box::new(direct.respond()));
+        return Ok(PolicyOutcome::Respond(Box::new(direct.respond())));
     }
-    PolicyOutcome::Continue
+    Ok(PolicyOutcome::Continue)
 }
 
 /// Runs the route's response policies, in reverse order of the request policies.

@@ -29,6 +29,12 @@ pub enum ProxyError {
     NoRoute { method: http::Method, path: String },
     #[error("method {method} is not allowed here")]
     MethodNotAllowed { method: http::Method, allow: HeaderValue },
+    #[error("{message}")]
+    Unauthorized { error: Option<&'static str>, message: String },
+    #[error("{message}")]
+    Forbidden { message: String, insufficient_scope: bool },
+    #[error("{0}")]
+    AuthUnavailable(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request target is longer than {limit} bytes")]
@@ -50,11 +56,19 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// 401: `error` is the RFC 6750 error code (`invalid_token`), none when no token was sent.
+    pub fn unauthorized(error: Option<&'static str>, message: &str) -> ProxyError {
+        ProxyError::Unauthorized { error, message: message.to_owned() }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -72,6 +86,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::Unauthorized { error: Some(_), .. } => "invalid_token",
+            ProxyError::Unauthorized { error: None, .. } => "unauthorized",
+            ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::AuthUnavailable(_) => "auth_unavailable",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -91,12 +109,15 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::UriTooLong { .. }
             | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::Forbidden { .. }
             | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamFailed(_)
             | ProxyError::UpstreamTimeout(_) => ErrorSource::Upstream,
             ProxyError::NoEndpoint(_) | ProxyError::RouteTimeout(_) => ErrorSource::Internal,
+            ProxyError::AuthUnavailable(_) => ErrorSource::Upstream,
         }
     }
 
@@ -141,8 +162,17 @@ impl ProxyError {
         if let Some(id) = request_id {
             headers.insert(request_id_header.clone(), id.clone());
         }
-        if let ProxyError::MethodNotAllowed { allow, .. } = self {
-            headers.insert(header::ALLOW, allow.clone());
+        match self {
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, allow.clone());
+            }
+            ProxyError::Unauthorized { error, message } => {
+                headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*error, message));
+            }
+            ProxyError::Forbidden { message, insufficient_scope: true } => {
+                headers.insert(header::WWW_AUTHENTICATE, www_authenticate(Some("insufficient_scope"), message));
+            }
+            _ => {}
         }
         if self.source() == ErrorSource::Downstream && status == StatusCode::BAD_REQUEST {
             // After a malformed request the client's framing cannot be trusted any more.
@@ -165,6 +195,17 @@ impl From<UpstreamError> for ProxyError {
             },
         }
     }
+}
+
+/// `Bearer realm="gatehouse"[, error="…", error_description="…"]` (RFC 6750 §3): without a
+/// token there is no error code, only the challenge.
+fn www_authenticate(error: Option<&str>, description: &str) -> HeaderValue {
+    let mut value = String::from("Bearer realm=\"gatehouse\"");
+    if let Some(error) = error {
+        let description: String = description.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+        value.push_str(&format!(", error=\"{error}\", error_description=\"{description}\""));
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gatehouse\""))
 }
 
 /// The client body's error, when an exchange failed because of it (bad chunking, the client went

@@ -25,7 +25,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::policy::{self, PolicyOutcome, RequestFacts};
+use crate::policy::{self, PolicyOutcome, RequestFacts, RequestState};
 use crate::route::{Lookup, RequestView};
 use crate::state::{Snapshot, SnapshotHandle, UpstreamHost};
 use crate::telemetry::RequestLog;
@@ -151,9 +151,9 @@ impl Exchange<'_> {
 
         // 5. Request policies.
         let facts = RequestFacts { path: &path, query: parts.uri.query(), route_match: &route_match, spec };
-        if let PolicyOutcome::Respond(mut response) =
-            policy::apply_request_policies(&route.policies, &mut parts.headers, &facts)
-        {
+        let mut state = RequestState::default();
+        let outcome = policy::apply_request_policies(&route.policies, &mut parts.headers, &facts, &mut state).await?;
+        if let PolicyOutcome::Respond(mut response) = outcome {
             policy::apply_response_policies(&route.policies, response.headers_mut());
             response.headers_mut().insert(server.request_id_header.clone(), request_id);
             return Ok(*response);
@@ -189,7 +189,9 @@ impl Exchange<'_> {
             }
         }
         let upstream_path = route.rewrite.apply(&path, &route_match, spec);
-        if parts.uri.scheme().is_some() || upstream_path != parts.uri.path() {
+        if let Some(query) = state.query_edit.query.take() {
+            parts.uri = origin_form(&upstream_path, query.as_deref())?;
+        } else if parts.uri.scheme().is_some() || upstream_path != parts.uri.path() {
             parts.uri = origin_form(&upstream_path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;

@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::policy::jwt::keys::JwksSource;
 use crate::upstream::EndpointState;
 
 #[derive(Default)]
 pub struct Registry {
     endpoints: Mutex<HashMap<String, Weak<EndpointState>>>,
     balancers: Mutex<HashMap<String, Weak<BalancerState>>>,
+    jwks: Mutex<HashMap<String, Weak<JwksSource>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -39,6 +41,26 @@ impl Registry {
         let state = Arc::new(EndpointState::new(id));
         map.insert(key.to_owned(), Arc::downgrade(&state));
         state
+    }
+
+    /// The remote JWKS at `url` with these settings: its keys survive reloads, so a reload does not
+    /// make every worker fetch them again.
+    pub fn jwks(
+        &self,
+        url: &str,
+        allowed: Option<Vec<jsonwebtoken::Algorithm>>,
+        refresh: std::time::Duration,
+        min_refetch: std::time::Duration,
+    ) -> Arc<JwksSource> {
+        let key = format!("{url}|{allowed:?}|{}|{}", refresh.as_millis(), min_refetch.as_millis());
+        let mut map = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(source) = map.get(&key).and_then(Weak::upgrade) {
+            return source;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let source = Arc::new(JwksSource::new(url.to_owned(), allowed, refresh, min_refetch));
+        map.insert(key, Arc::downgrade(&source));
+        source
     }
 
     /// The balancer state of the upstream with this name and settings fingerprint: a changed

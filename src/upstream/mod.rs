@@ -5,6 +5,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod fetch;
 pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};

@@ -16,8 +16,25 @@ fn start() -> Demo {
     .expect("demo starts")
 }
 
+async fn login(client: &mut Client, user: &str, password: &str) -> String {
+    let reply = client
+        .request(
+            "POST",
+            "/auth/login",
+            &[("content-type", "application/json")],
+            &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let token = reply.json();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["service"], "auth");
+    assert!(token["expires_in"].as_u64().unwrap() > 0);
+    format!("Bearer {}", token["access_token"].as_str().unwrap())
+}
+
 #[tokio::test]
-async fn the_demo_routes_to_its_services() {
+async fn the_demo_routes_authenticates_and_authorizes() {
     let demo = start();
     let addr = demo.gateway.listener_addr("public").unwrap();
     let mut client = Client::connect(addr).await;
@@ -26,48 +43,81 @@ async fn the_demo_routes_to_its_services() {
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["service"], "gatehouse", "answered by the gateway itself");
 
+    // Without a token: 401 from the gateway, with a Bearer challenge.
+    let anonymous = client.get("/users").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.error_code(), "unauthorized");
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer realm=\"gatehouse\""));
+    let wrong = client.request("POST", "/auth/login", &[], r#"{"username":"alice","password":"nope"}"#).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json()["service"], "auth", "a wrong password is the auth service's answer");
+
+    let alice = login(&mut client, "alice", "alice-pw").await;
+    let admin = login(&mut client, "admin", "admin-pw").await;
+    let jwks = client.get("/auth/.well-known/jwks.json").await;
+    assert_eq!(jwks.json()["keys"][0]["alg"], "RS256");
+
     let mut instances = Vec::new();
     for _ in 0..4 {
-        let users = client.get("/users").await;
+        let users = client.request("GET", "/users", &[("authorization", &alice)], "").await;
         assert_eq!(users.status, 200);
-        assert_eq!(users.json()["service"], "user");
         instances.push(users.json()["instance"].as_str().unwrap().to_owned());
     }
     assert_eq!(instances, vec!["user-1", "user-2", "user-1", "user-2"], "round-robin over the two instances");
 
-    let login = client
+    // The identity comes from the verified token; a forged header is dropped.
+    let me = client
         .request(
-            "POST",
-            "/auth/login",
-            &[("content-type", "application/json")],
-            r#"{"username":"alice","password":"alice-pw"}"#,
+            "GET",
+            "/users/me",
+            &[("authorization", &alice), ("x-user-id", "admin"), ("x-user-roles", "admin")],
+            "",
         )
         .await;
-    assert_eq!(login.status, 200);
-    let token = login.json();
-    assert_eq!(token["token_type"], "Bearer");
-    assert_eq!(token["service"], "auth");
-    assert_eq!(token["access_token"].as_str().unwrap().split('.').count(), 3);
-    assert!(token["expires_in"].as_u64().unwrap() > 0);
-    let wrong = client.request("POST", "/auth/login", &[], r#"{"username":"alice","password":"nope"}"#).await;
-    assert_eq!(wrong.status, 401);
+    assert_eq!(me.status, 200, "{}", me.text());
+    let user = &me.json()["user"];
+    assert_eq!(user["id"], "alice");
+    assert_eq!(user["name"], "Alice");
+    assert_eq!(user["roles"], serde_json::json!(["user"]));
 
-    let jwks = client.get("/auth/.well-known/jwks.json").await;
-    assert_eq!(jwks.json()["keys"][0]["alg"], "RS256");
+    let created = client
+        .request(
+            "POST",
+            "/tasks",
+            &[("authorization", &alice), ("content-type", "application/json")],
+            r#"{"title":"write docs"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let tasks = client.request("GET", "/tasks", &[("authorization", &alice)], "").await;
+    assert_eq!(tasks.json()["tasks"][0]["title"], "write docs");
+    let admins_tasks = client.request("GET", "/tasks", &[("authorization", &admin)], "").await;
+    assert_eq!(admins_tasks.json()["tasks"], serde_json::json!([]), "tasks are per user");
 
-    let tasks = client.get("/tasks").await;
-    assert_eq!(tasks.json()["service"], "task");
-    let appointments = client.get("/appointments").await;
-    assert_eq!(appointments.json()["service"], "appointment");
+    // Cancelling an appointment is for admins: the gateway refuses alice before the service sees it.
+    let refused = client.request("DELETE", "/appointments/1", &[("authorization", &alice)], "").await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "forbidden");
+    let cancelled = client.request("DELETE", "/appointments/1", &[("authorization", &admin)], "").await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["deleted"], "1");
+
+    let mid = alice.len() - 40;
+    let flipped = if alice.as_bytes()[mid] == b'A' { "B" } else { "A" };
+    let tampered = format!("{}{flipped}{}", &alice[..mid], &alice[mid + 1..]);
+    let bad = client.request("GET", "/tasks", &[("authorization", &tampered)], "").await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(bad.error_code(), "invalid_token");
+    assert!(bad.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
 
     let put = client.request("PUT", "/tasks", &[], "").await;
     assert_eq!(put.status, 405);
     assert_eq!(put.header("allow"), Some("GET, POST"));
     assert_eq!(client.get("/nowhere").await.error_code(), "route_not_found");
 
-    let admin = demo.gateway.admin_addr().unwrap();
-    let ready = crate::common::get(admin, "/ready").await;
+    let admin_api = demo.gateway.admin_addr().unwrap();
+    let ready = crate::common::get(admin_api, "/ready").await;
     assert_eq!(ready.json()["ready"], true);
-    let routes = crate::common::get(admin, "/routes").await.json();
-    assert_eq!(routes["listeners"][0]["routes"].as_array().unwrap().len(), 5);
+    let routes = crate::common::get(admin_api, "/routes").await.json();
+    assert_eq!(routes["listeners"][0]["routes"].as_array().unwrap().len(), 6);
 }

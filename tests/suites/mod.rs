@@ -1,6 +1,7 @@
 //! The test suites, one file per capability.
 
 mod access_log;
+mod auth;
 mod cli;
 mod config;
 mod demo;

@@ -1,0 +1,181 @@
+//! Policy config types: what users write under `policies:` (globally and per route).
+//!
+//! One variant per policy kind; each kind's fields are its own struct. Like every config type,
+//! these are only read by `compile`, which turns them into the runtime policies of `crate::policy`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::types::OneOrMany;
+use super::units::DurationValue;
+
+/// A policy: a configured behaviour on a route (or on every route, when global).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// Require a valid JSON Web Token; forward chosen claims as headers.
+    Jwt(Box<JwtConfig>),
+    /// Require roles, scopes or claim values of the authenticated caller.
+    Authorize(AuthorizeConfig),
+    /// Change the request headers sent upstream.
+    RequestHeaders(HeaderFilterConfig),
+    /// Change the response headers sent to the client.
+    ResponseHeaders(HeaderFilterConfig),
+    /// Answer the request at the gateway, without an upstream.
+    DirectResponse(DirectResponseConfig),
+    /// Answer with a redirect.
+    Redirect(RedirectConfig),
+}
+
+impl PolicyConfig {
+    /// The kind's name as written in config, for messages and `explain`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyConfig::Jwt(_) => "jwt",
+            PolicyConfig::Authorize(_) => "authorize",
+            PolicyConfig::RequestHeaders(_) => "request_headers",
+            PolicyConfig::ResponseHeaders(_) => "response_headers",
+            PolicyConfig::DirectResponse(_) => "direct_response",
+            PolicyConfig::Redirect(_) => "redirect",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFilterConfig {
+    /// Set (replace) these headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers (keeping existing values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Defaults to `application/json` when the body starts with `{` or `[`, else `text/plain; charset=utf-8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The `Location`: an absolute URL or a path; may use the route pattern's params (`{id}`, `{**}`).
+    pub location: String,
+    /// 301, 302 (default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// Append the request's query string to the location.
+    #[serde(default = "default_true")]
+    pub keep_query: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `jwt`: the request must carry a valid JSON Web Token.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Where the verification keys are published (a JWKS document), fetched and cached by gatehouse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A JWKS document on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<String>,
+    /// A shared secret for HS256/HS384/HS512 (use `${VAR}` to keep it out of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A PEM public key file (RSA, EC P-256/P-384 or Ed25519).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+    /// Algorithms accepted. Default: every algorithm the key type supports (`none` never is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// The accepted `iss` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<OneOrMany<String>>,
+    /// The accepted `aud` values: the token must name at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<OneOrMany<String>>,
+    /// Clock skew allowed when checking `exp`, `nbf` and `iat`. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<DurationValue>,
+    /// Claims that must be present. `exp` is always required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+    /// Where to look for the token, in order. Default: `Authorization: Bearer …`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_from: Vec<TokenSourceConfig>,
+    /// Claims to send upstream as headers, e.g. `{sub: X-User-Id, roles: X-User-Roles}`. Headers of
+    /// these names sent by the client are always removed first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Remove the token from the request before it goes upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_token: bool,
+    /// Let requests without a token through (without an identity); a token that is present must
+    /// still be valid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// How often a remote JWKS is fetched again. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<DurationValue>,
+    /// A token with an unknown `kid` makes gatehouse fetch the JWKS again (the keys may have
+    /// rotated), but not more often than this. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_min_refetch: Option<DurationValue>,
+}
+
+/// Where a token is read from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TokenSourceConfig {
+    /// A request header; with `scheme`, the value must start with it (`Bearer`).
+    Header {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheme: Option<String>,
+    },
+    /// A cookie of this name.
+    Cookie(String),
+    /// A query parameter of this name.
+    Query(String),
+}
+
+/// `authorize`: what the authenticated caller must have.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeConfig {
+    /// The caller needs at least one of these roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The claim holding roles: an array of strings, or a space- or comma-separated string.
+    /// Default `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// The caller needs all of these scopes (from the `scope` or `scp` claim).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Claims that must have this value (for an array claim: contain it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+}

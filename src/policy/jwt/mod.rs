@@ -1,0 +1,414 @@
+//! `jwt`: the request must carry a valid JSON Web Token (authentication, in the request policies
+//! phase, before authorization and rate limits).
+//!
+//! The token is taken from the configured places (default `Authorization: Bearer`), its signature
+//! checked against the policy's keys with the algorithm its key allows (never `none`, never an HMAC
+//! over a public key), and its claims checked: `exp` (required), `nbf` and `iat` with leeway,
+//! `iss`, `aud`, required claims. The claims become the request's `Identity`; configured claims are
+//! forwarded upstream as headers, after removing any headers of those names the client sent.
+
+pub mod cache;
+pub mod crypto;
+pub mod keys;
+pub mod sign;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::{JwtConfig, TokenSourceConfig};
+use crate::proxy::error::ProxyError;
+use crate::state::registry::Registry;
+
+use super::identity::{Identity, claim_header_value};
+use keys::{JwksSource, KeySet};
+
+/// Tokens longer than this are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// A token is tried against at most this many keys (a JWKS without `kid`s).
+const MAX_KEYS_TRIED: usize = 8;
+
+enum Keys {
+    Static(Arc<KeySet>),
+    Remote(Arc<JwksSource>),
+}
+
+enum TokenSource {
+    Header { name: HeaderName, scheme: Option<String> },
+    Cookie(String),
+    Query(String),
+}
+
+/// Where the token was found (to strip it).
+enum Found {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+pub struct JwtPolicy {
+    keys: Keys,
+    /// One validation per accepted algorithm (jsonwebtoken checks the header's `alg` against it).
+    validations: Vec<(Algorithm, Validation)>,
+    leeway: u64,
+    sources: Vec<TokenSource>,
+    forward: Vec<(String, HeaderName)>,
+    strip: bool,
+    optional: bool,
+    /// Identifies these settings for the verified-token cache (stable across reloads).
+    scope: u64,
+}
+
+/// What a policy changes in the request besides headers: a token removed from the query.
+#[derive(Default)]
+pub struct QueryEdit {
+    pub query: Option<Option<String>>,
+}
+
+impl JwtPolicy {
+    /// Builds the policy; errors are (field, message) pairs.
+    pub fn compile(config: &JwtConfig, registry: &Registry) -> Result<JwtPolicy, Vec<(String, String)>> {
+        crypto::install();
+        let mut errors = Vec::new();
+        let allowed: Option<Vec<Algorithm>> = config.algorithms.as_ref().map(|list| {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, name)| match name.parse::<Algorithm>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        errors.push((
+                            format!("algorithms[{i}]"),
+                            format!("\"{name}\" is not a supported algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"),
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        });
+        let sources_given = [
+            config.jwks_url.is_some(),
+            config.jwks_file.is_some(),
+            config.secret.is_some(),
+            config.public_key_file.is_some(),
+        ];
+        if sources_given.iter().filter(|s| **s).count() != 1 {
+            errors.push((String::new(), "give exactly one of jwks_url, jwks_file, secret or public_key_file".into()));
+        }
+        let refresh = config.jwks_refresh.map_or(Duration::from_secs(300), |d| d.get());
+        let min_refetch = config.jwks_min_refetch.map_or(keys::MIN_REFETCH, |d| d.get());
+        let mut keys = None;
+        if let Some(url) = &config.jwks_url {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    keys = Some(Keys::Remote(registry.jwks(url, allowed.clone(), refresh, min_refetch)));
+                }
+                Ok(uri) if uri.scheme_str() == Some("https") => errors.push((
+                    "jwks_url".into(),
+                    "https JWKS URLs are not supported yet; use http:// or jwks_file".into(),
+                )),
+                _ => errors.push(("jwks_url".into(), format!("\"{url}\" is not an http:// URL"))),
+            }
+        }
+        if let Some(path) = &config.jwks_file {
+            match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| keys::parse_jwks(&b, allowed.as_deref()))
+            {
+                Ok((list, _)) => keys = Some(Keys::Static(Arc::new(KeySet { keys: list, generation: 0 }))),
+                Err(e) => errors.push(("jwks_file".into(), format!("{path}: {e}"))),
+            }
+        }
+        if let Some(secret) = &config.secret {
+            match keys::secret_key(secret.as_bytes(), allowed.as_deref()) {
+                Ok(k) => keys = Some(Keys::Static(Arc::new(KeySet { keys: vec![k], generation: 0 }))),
+                Err(e) => errors.push(("secret".into(), e)),
+            }
+        }
+        if let Some(path) = &config.public_key_file {
+            match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| keys::pem_key(&b, allowed.as_deref())) {
+                Ok(k) => keys = Some(Keys::Static(Arc::new(KeySet { keys: vec![k], generation: 0 }))),
+                Err(e) => errors.push(("public_key_file".into(), format!("{path}: {e}"))),
+            }
+        }
+        let leeway = config.leeway.map_or(30, |d| d.get().as_secs());
+        let mut required: Vec<String> = config.required_claims.clone();
+        if !required.iter().any(|c| c == "exp") {
+            required.push("exp".into());
+        }
+        let template = {
+            let mut v = Validation::new(Algorithm::RS256);
+            v.leeway = leeway;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&required);
+            match &config.issuer {
+                Some(iss) => v.set_issuer(iss.as_slice()),
+                None => v.iss = None,
+            }
+            match &config.audience {
+                Some(aud) => v.set_audience(aud.as_slice()),
+                None => v.validate_aud = false,
+            }
+            v
+        };
+        let all = [
+            Algorithm::HS256,
+            Algorithm::HS384,
+            Algorithm::HS512,
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ];
+        let validations = all
+            .iter()
+            .filter(|a| allowed.as_ref().is_none_or(|list| list.contains(a)))
+            .map(|a| {
+                let mut v = template.clone();
+                v.algorithms = vec![*a];
+                (*a, v)
+            })
+            .collect();
+
+        let mut sources = Vec::new();
+        for (i, source) in config.token_from.iter().enumerate() {
+            match source {
+                TokenSourceConfig::Header { name, scheme } => match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(name) => sources.push(TokenSource::Header { name, scheme: scheme.clone() }),
+                    Err(_) => errors
+                        .push((format!("token_from[{i}].header.name"), format!("\"{name}\" is not a header name"))),
+                },
+                TokenSourceConfig::Cookie(name) => sources.push(TokenSource::Cookie(name.clone())),
+                TokenSourceConfig::Query(name) => sources.push(TokenSource::Query(name.clone())),
+            }
+        }
+        if sources.is_empty() {
+            sources.push(TokenSource::Header { name: header::AUTHORIZATION, scheme: Some("Bearer".into()) });
+        }
+        let mut forward = Vec::new();
+        for (claim, name) in &config.forward_claims {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => forward.push((claim.clone(), h)),
+                Err(_) => errors.push((format!("forward_claims.{claim}"), format!("\"{name}\" is not a header name"))),
+            }
+        }
+        let scope = {
+            let mut h = DefaultHasher::new();
+            format!("{config:?}").hash(&mut h);
+            h.finish()
+        };
+        match keys {
+            Some(keys) if errors.is_empty() => Ok(JwtPolicy {
+                keys,
+                validations,
+                leeway,
+                sources,
+                forward,
+                strip: config.strip_token,
+                optional: config.optional,
+                scope,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The headers this policy forwards (removed from client requests first).
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward.iter().map(|(_, h)| h)
+    }
+
+    /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
+    pub async fn authenticate(
+        &self,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+        edit: &mut QueryEdit,
+    ) -> Result<Option<Identity>, ProxyError> {
+        // Identity headers are the gateway's to set: a client's own are never passed on.
+        for (_, name) in &self.forward {
+            headers.remove(name);
+        }
+        let Some((token, found)) = self.find_token(headers, query) else {
+            return if self.optional {
+                Ok(None)
+            } else {
+                Err(ProxyError::unauthorized(None, "a bearer token is required"))
+            };
+        };
+        let identity = self.verify(&token).await?;
+        if self.strip {
+            strip(headers, query, edit, &found);
+        }
+        for (claim, name) in &self.forward {
+            if let Some(value) = identity.claim(claim).and_then(claim_header_value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+        Ok(Some(identity))
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, ProxyError> {
+        let invalid = |why: &str| ProxyError::unauthorized(Some("invalid_token"), why);
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid("the token is too long"));
+        }
+        if token.bytes().filter(|b| *b == b'.').count() != 2
+            || !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid("the token is not a compact JWS (three base64url parts)"));
+        }
+        let mut keys = match &self.keys {
+            Keys::Static(k) => k.clone(),
+            Keys::Remote(source) => source
+                .keys()
+                .await
+                .ok_or_else(|| ProxyError::AuthUnavailable("the token's signing keys could not be fetched".into()))?,
+        };
+        let now = unix_now();
+        if let Some(identity) = cache::get(self.scope, keys.generation, token, now) {
+            return Ok(identity);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the token header is malformed or names an unsupported algorithm"))?;
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(invalid("the token's algorithm is not accepted"));
+        };
+        if let (Keys::Remote(source), Some(kid)) = (&self.keys, header.kid.as_deref()) {
+            if !keys.has_kid(kid) {
+                if let Some(fresh) = source.refresh_for_unknown_kid().await {
+                    keys = fresh;
+                }
+            }
+        }
+        let mut last = invalid("no key can verify this token (unknown kid or algorithm)");
+        for key in keys.candidates(header.kid.as_deref(), header.alg).take(MAX_KEYS_TRIED) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+                        if iat > now + self.leeway {
+                            return Err(invalid("the token is issued in the future"));
+                        }
+                    }
+                    let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    let identity = Identity { claims: Arc::new(claims) };
+                    cache::put(self.scope, keys.generation, token, expires + self.leeway, identity.clone());
+                    return Ok(identity);
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::InvalidSignature
+                        | ErrorKind::InvalidKeyFormat
+                        | ErrorKind::InvalidRsaKey(_)
+                        | ErrorKind::InvalidEcdsaKey => invalid("the token's signature is not valid"),
+                        ErrorKind::ExpiredSignature => return Err(invalid("the token has expired")),
+                        ErrorKind::ImmatureSignature => return Err(invalid("the token is not valid yet")),
+                        ErrorKind::InvalidIssuer => return Err(invalid("the token's issuer is not accepted")),
+                        ErrorKind::InvalidAudience => return Err(invalid("the token's audience is not accepted")),
+                        ErrorKind::MissingRequiredClaim(c) => {
+                            return Err(invalid(&format!("the token lacks the required claim `{c}`")));
+                        }
+                        _ => invalid("the token is malformed"),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn find_token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, Found)> {
+        for source in &self.sources {
+            match source {
+                TokenSource::Header { name, scheme } => {
+                    let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
+                    let token = match scheme {
+                        Some(scheme) => {
+                            let (given, rest) = value.split_once(' ').unwrap_or((value, ""));
+                            if !given.eq_ignore_ascii_case(scheme) {
+                                continue;
+                            }
+                            rest.trim()
+                        }
+                        None => value.trim(),
+                    };
+                    if !token.is_empty() {
+                        return Some((token.to_owned(), Found::Header(name.clone())));
+                    }
+                }
+                TokenSource::Cookie(name) => {
+                    for value in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
+                        for pair in value.split(';') {
+                            if let Some((k, v)) = pair.trim().split_once('=') {
+                                if k == name && !v.is_empty() {
+                                    return Some((v.trim_matches('"').to_owned(), Found::Cookie(name.clone())));
+                                }
+                            }
+                        }
+                    }
+                }
+                TokenSource::Query(name) => {
+                    let Some(query) = query else { continue };
+                    for pair in query.split('&') {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        if k == name && !v.is_empty() {
+                            // Tokens are base64url: percent-encoding only appears if a client encoded
+                            // needlessly, and then the token is refused as malformed.
+                            return Some((v.to_owned(), Found::Query(name.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Removes the token from where it was found.
+fn strip(headers: &mut HeaderMap, query: Option<&str>, edit: &mut QueryEdit, found: &Found) {
+    match found {
+        Found::Header(name) => {
+            headers.remove(name);
+        }
+        Found::Cookie(name) => {
+            let kept: Vec<String> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+                .map(str::to_owned)
+                .collect();
+            headers.remove(header::COOKIE);
+            if !kept.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                    headers.insert(header::COOKIE, v);
+                }
+            }
+        }
+        Found::Query(name) => {
+            let kept: Vec<&str> = query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+                .collect();
+            edit.query = Some((!kept.is_empty()).then(|| kept.join("&")));
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,215 @@
+//! Authentication and authorization through a running gateway: JWT with a remote JWKS (rotation,
+//! outages, floods of unknown key ids), and no path variant that skips a route's policies.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gatehouse::policy::jwt::sign::TokenSigner;
+use http::Response;
+use serde_json::{Value, json};
+
+use crate::common::{Client, TestGateway, Upstream, UpstreamBehaviour};
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "iss": "idp", "aud": "api", "iat": now(), "exp": now() + 600, "roles": ["user"]})
+}
+
+/// A JWKS endpoint whose answer the test controls.
+struct Jwks {
+    server: Upstream,
+    answer: Arc<Mutex<(u16, String)>>,
+}
+
+impl Jwks {
+    fn start(keys: &[&TokenSigner]) -> Jwks {
+        let answer = Arc::new(Mutex::new((200, String::new())));
+        let a = answer.clone();
+        let server = Upstream::start(
+            "jwks",
+            UpstreamBehaviour::Custom(Arc::new(move |_| {
+                let (status, body) = a.lock().unwrap().clone();
+                let mut r = Response::new(Bytes::from(body));
+                *r.status_mut() = status.try_into().unwrap();
+                r
+            })),
+        );
+        let jwks = Jwks { server, answer };
+        jwks.publish(keys);
+        jwks
+    }
+
+    fn publish(&self, keys: &[&TokenSigner]) {
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+        *self.answer.lock().unwrap() = (200, json!({ "keys": keys }).to_string());
+    }
+
+    fn fail_with(&self, status: u16, body: &str) {
+        *self.answer.lock().unwrap() = (status, body.to_owned());
+    }
+
+    fn url(&self) -> String {
+        format!("{}/jwks.json", self.server.url())
+    }
+}
+
+fn gateway(jwks_url: &str, app: &Upstream) -> TestGateway {
+    gateway_with(jwks_url, app, "200ms")
+}
+
+fn gateway_with(jwks_url: &str, app: &Upstream, min_refetch: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+x-jwt: &jwt
+  jwt: {{ jwks_url: "{jwks_url}", issuer: idp, audience: api, forward_claims: {{ sub: x-user-id }}, jwks_min_refetch: {min_refetch} }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: public, match: {{ path: "/public/**" }}, upstream: app }}
+  - {{ name: api, match: {{ path: "/api/**" }}, upstream: app, policies: [*jwt] }}
+  - name: admin
+    match: {{ path: "/api/admin/**" }}
+    upstream: app
+    policies: [*jwt, {{ authorize: {{ roles: [admin] }} }}]
+"#,
+        app.url()
+    ))
+}
+
+async fn call(gw: &TestGateway, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut client = Client::connect(gw.addr()).await;
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let reply = client.request("GET", path, &headers, "").await;
+    (reply.status.as_u16(), serde_json::from_slice(&reply.body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn rotated_keys_are_fetched_when_an_unknown_kid_appears() {
+    let (old, new) =
+        (TokenSigner::generate("ES256", Some("old")).unwrap(), TokenSigner::generate("ES256", Some("new")).unwrap());
+    let jwks = Jwks::start(&[&old]);
+    let app = Upstream::echo("app");
+    let gw = gateway(&jwks.url(), &app);
+    let (status, echo) = call(&gw, "/api/x", Some(&old.sign(&claims("alice")).unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(echo["headers"]["x-user-id"][0], "alice");
+    assert_eq!(jwks.server.requests(), 1, "fetched on first use");
+    // The identity provider rotates: the new kid is not known yet, so the JWKS is fetched again.
+    jwks.publish(&[&old, &new]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, _) = call(&gw, "/api/x", Some(&new.sign(&claims("bob")).unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(jwks.server.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_does_not_hammer_the_identity_provider() {
+    let known = TokenSigner::generate("EdDSA", Some("known")).unwrap();
+    let jwks = Jwks::start(&[&known]);
+    let app = Upstream::echo("app");
+    let gw = gateway_with(&jwks.url(), &app, "10s");
+    assert_eq!(call(&gw, "/api/x", Some(&known.sign(&claims("a")).unwrap())).await.0, 200);
+    for i in 0..40 {
+        let stranger = TokenSigner::generate("EdDSA", Some(&format!("random-{i}"))).unwrap();
+        assert_eq!(call(&gw, "/api/x", Some(&stranger.sign(&claims("x")).unwrap())).await.0, 401);
+    }
+    assert_eq!(jwks.server.requests(), 1, "40 unknown kids within the 10s refetch interval fetched nothing more");
+    assert_eq!(app.requests(), 1, "no unverified request reached the upstream");
+}
+
+#[tokio::test]
+async fn known_keys_keep_working_when_the_jwks_breaks() {
+    let key = TokenSigner::generate("ES384", Some("k1")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = gateway(&jwks.url(), &app);
+    let token = key.sign(&claims("alice")).unwrap();
+    assert_eq!(call(&gw, "/api/x", Some(&token)).await.0, 200);
+    for (status, body) in
+        [(200, "not json"), (200, r#"{"keys":[]}"#), (200, r#"{"keys":[{"kty":"RSA","n":"x"}]}"#), (500, "down")]
+    {
+        jwks.fail_with(status, body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // An unknown kid forces a fetch of the broken JWKS ...
+        let other = TokenSigner::generate("ES384", Some("k2")).unwrap();
+        assert_eq!(call(&gw, "/api/x", Some(&other.sign(&claims("x")).unwrap())).await.0, 401);
+        // ... and the keys fetched before still verify.
+        let fresh = key.sign(&claims("bob")).unwrap();
+        assert_eq!(call(&gw, "/api/x", Some(&fresh)).await.0, 200, "after a JWKS answering {status} {body}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_jwks_means_503_not_a_pass() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = Upstream::echo("app");
+    let gw = gateway(&format!("http://127.0.0.1:{port}/jwks.json"), &app);
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let (status, body) = call(&gw, "/api/x", Some(&key.sign(&claims("a")).unwrap())).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "auth_unavailable");
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn no_path_variant_reaches_a_protected_route_without_its_policies() {
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = gateway(&jwks.url(), &app);
+    for path in [
+        "/api/x",
+        "/public/../api/x",
+        "/public/%2e%2e/api/x",
+        "/public/.%2E/api/x",
+        "//api/x",
+        "/./api/x",
+        "/%61pi/x",
+        "/api/admin/../x",
+        "/api/",
+        "/api",
+    ] {
+        let (status, _) = call(&gw, path, None).await;
+        assert_eq!(status, 401, "{path} skipped the jwt policy");
+    }
+    for path in ["/public%2F..%2Fapi/x", "/public/..;/api/x", "/public/..\\api/x"] {
+        let (status, _) = call(&gw, path, None).await;
+        assert_eq!(status, 400, "{path}");
+    }
+    // Case is not folded: /API is a different path, served by no route.
+    assert_eq!(call(&gw, "/API/x", None).await.0, 404);
+    assert_eq!(app.requests(), 0, "nothing reached the upstream");
+    // A user token does not open the admin route, however it is spelled.
+    let user = key.sign(&claims("alice")).unwrap();
+    for path in ["/api/admin/x", "/api/x/../admin/x", "/api//admin/x", "/api/%61dmin/x"] {
+        assert_eq!(call(&gw, path, Some(&user)).await.0, 403, "{path}");
+    }
+    let mut admin_claims = claims("root");
+    admin_claims["roles"] = json!(["admin"]);
+    assert_eq!(call(&gw, "/api/admin/x", Some(&key.sign(&admin_claims).unwrap())).await.0, 200);
+    assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test]
+async fn rejections_carry_a_bearer_challenge_and_reach_nothing() {
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = gateway(&jwks.url(), &app);
+    let mut client = Client::connect(gw.addr()).await;
+    let expired = key.sign(&json!({"sub": "a", "iss": "idp", "aud": "api", "exp": now() - 3600})).unwrap();
+    let reply = client.request("GET", "/api/x", &[("authorization", &format!("Bearer {expired}"))], "").await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"the token has expired\"")
+    );
+    assert_eq!(reply.error_code(), "invalid_token");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(app.requests(), 0);
+}
