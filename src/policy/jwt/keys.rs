@@ -40,9 +40,12 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The keys that may verify a token with this `kid` and `alg`.
+    /// The keys that may verify a token with this `kid` and `alg`: a key without a `kid` of its
+    /// own (a secret, a PEM key) is a candidate whatever `kid` the token names.
     pub fn candidates<'a>(&'a self, kid: Option<&'a str>, alg: Algorithm) -> impl Iterator<Item = &'a Key> + 'a {
-        self.keys.iter().filter(move |k| k.algorithms.contains(&alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        self.keys.iter().filter(move |k| {
+            k.algorithms.contains(&alg) && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+        })
     }
 
     pub fn has_kid(&self, kid: &str) -> bool {
@@ -154,27 +157,50 @@ pub fn secret_key(secret: &[u8], allowed: Option<&[Algorithm]>) -> Result<Key, S
     Ok(Key { kid: None, algorithms, decoding: DecodingKey::from_secret(secret) })
 }
 
-/// A PEM public key (RSA, EC or Ed25519).
+/// A PEM public key (RSA, EC P-256/P-384 or Ed25519). The key type is read from the PEM label
+/// and the key's algorithm identifier — never guessed by trying parsers, which could read one type
+/// of key as another.
 pub fn pem_key(pem: &[u8], allowed: Option<&[Algorithm]>) -> Result<Key, String> {
     use jsonwebtoken::AlgorithmFamily as F;
-    type Parser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
-    let attempts: [(F, Parser); 3] =
-        [(F::Rsa, DecodingKey::from_rsa_pem), (F::Ec, DecodingKey::from_ec_pem), (F::Ed, DecodingKey::from_ed_pem)];
-    for (family, parse) in attempts {
-        if let Ok(decoding) = parse(pem) {
-            let mut algorithms = narrow(family.algorithms(), allowed);
-            if family == F::Ec {
-                // The curve decides between ES256 and ES384: the point's length tells which.
-                let len = decoding.try_get_as_bytes().map_or(0, <[u8]>::len);
-                algorithms.retain(|a| (*a == Algorithm::ES256 && len == 65) || (*a == Algorithm::ES384 && len == 97));
-            }
-            if algorithms.is_empty() {
-                return Err("none of the allowed algorithms fits this key".into());
-            }
-            return Ok(Key { kid: None, algorithms, decoding });
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+    let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_owned())?;
+    let unsupported = || "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key".to_owned();
+    let (family, algorithms): (F, &[Algorithm]) = if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
+        (F::Rsa, F::Rsa.algorithms())
+    } else if text.contains("-----BEGIN PUBLIC KEY-----") {
+        let der = super::sign::pem_der(text, "PUBLIC KEY")?;
+        // The algorithm identifier opens a SubjectPublicKeyInfo: look only there.
+        let head = &der[..der.len().min(32)];
+        let has = |oid: &[u8]| head.windows(oid.len()).any(|w| w == oid);
+        if has(RSA) {
+            (F::Rsa, F::Rsa.algorithms())
+        } else if has(EC) && has(P256) {
+            (F::Ec, &[Algorithm::ES256])
+        } else if has(EC) && has(P384) {
+            (F::Ec, &[Algorithm::ES384])
+        } else if has(ED25519) {
+            (F::Ed, &[Algorithm::EdDSA])
+        } else {
+            return Err(unsupported());
         }
+    } else {
+        return Err(unsupported());
+    };
+    let decoding = match family {
+        F::Rsa => DecodingKey::from_rsa_pem(pem),
+        F::Ec => DecodingKey::from_ec_pem(pem),
+        _ => DecodingKey::from_ed_pem(pem),
     }
-    Err("not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key".into())
+    .map_err(|e| format!("invalid key: {e}"))?;
+    let algorithms = narrow(algorithms, allowed);
+    if algorithms.is_empty() {
+        return Err("none of the allowed algorithms fits this key".into());
+    }
+    Ok(Key { kid: None, algorithms, decoding })
 }
 
 // === impl JwksSource ===

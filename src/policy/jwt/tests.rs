@@ -223,3 +223,80 @@ fn config_mistakes_are_reported() {
     let https = errors(JwtConfig { jwks_url: Some("https://idp/jwks".into()), ..JwtConfig::default() });
     assert_eq!(https[0].0, "jwks_url");
 }
+
+/// DER: a length in definite form.
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        vec![len as u8]
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let mut out = vec![0x80 | bytes.len() as u8];
+        out.extend(bytes);
+        out
+    }
+}
+
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend(der_len(content.len()));
+    out.extend_from_slice(content);
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+#[tokio::test]
+async fn pem_public_keys_of_each_type_verify() {
+    let b64d = |v: &Value| {
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v.as_str().unwrap()).unwrap()
+    };
+    let rsa_signer = rsa("RS256", "k");
+    let jwk = rsa_signer.jwk();
+    // PKCS#1 RSAPublicKey: SEQUENCE { INTEGER n, INTEGER e }, integers with a leading zero if needed.
+    let int = |bytes: Vec<u8>| {
+        let mut b = bytes;
+        if b[0] & 0x80 != 0 {
+            b.insert(0, 0);
+        }
+        der(0x02, &b)
+    };
+    let rsa_der = der(0x30, &[int(b64d(&jwk["n"])), int(b64d(&jwk["e"]))].concat());
+    let ec = TokenSigner::generate("ES256", None).unwrap();
+    let ec_jwk = ec.jwk();
+    let point = [vec![4u8], b64d(&ec_jwk["x"]), b64d(&ec_jwk["y"])].concat();
+    let ec_spki = [hex("3059301306072a8648ce3d020106082a8648ce3d030107034200"), point].concat();
+    let ed = TokenSigner::generate("EdDSA", None).unwrap();
+    let ed_spki = [hex("302a300506032b6570032100"), b64d(&ed.jwk()["x"])].concat();
+    for (signer, pem_text) in [
+        (&rsa_signer, pem("RSA PUBLIC KEY", &rsa_der)),
+        (&ec, pem("PUBLIC KEY", &ec_spki)),
+        (&ed, pem("PUBLIC KEY", &ed_spki)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, &pem_text).unwrap();
+        let config = JwtConfig { public_key_file: Some(path.display().to_string()), ..JwtConfig::default() };
+        let policy =
+            JwtPolicy::compile(&config, &Registry::new()).unwrap_or_else(|e| panic!("{}: {e:?}", signer.algorithm()));
+        let token = signer.sign(&claims()).unwrap();
+        if let Err(e) = check(&policy, bearer(&token)).await {
+            panic!("{}: {e:?}", signer.algorithm());
+        }
+        // A token of another key type is refused by this key.
+        let other = TokenSigner::generate("HS256", None).unwrap().sign(&claims()).unwrap();
+        assert_eq!(check(&policy, bearer(&other)).await.unwrap_err().0, 401);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.pem");
+    std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
+    let config = JwtConfig { public_key_file: Some(path.display().to_string()), ..JwtConfig::default() };
+    assert!(JwtPolicy::compile(&config, &Registry::new()).is_err());
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
