@@ -14,7 +14,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
-use crate::policy::{AuthorizePolicy, DirectResponse, HeaderFilter, JwtPolicy, Redirect, RoutePolicies};
+use crate::policy::{
+    AuthorizePolicy, CorsPolicy, DirectResponse, HeaderFilter, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
+};
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
     HeaderMatcher, HostPattern, PathPattern, PathRewrite, QueryMatcher, RewriteTemplate, RouteId, RouteSpec,
@@ -366,6 +368,14 @@ fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &m
             }
         };
         match policy {
+            PolicyConfig::IpRestriction(c) => match IpRestriction::compile(c) {
+                Ok(p) => out.ip_restriction = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::Cors(c) => match CorsPolicy::compile(c) {
+                Ok(p) => out.cors = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::Jwt(c) => match JwtPolicy::compile(c, registry) {
                 Ok(p) => out.jwt = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -398,6 +408,8 @@ fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &m
 /// A route's policies over the global ones: the route's policy of a kind replaces the global one.
 fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
     RoutePolicies {
+        ip_restriction: route.ip_restriction.or_else(|| global.ip_restriction.clone()),
+        cors: route.cors.or_else(|| global.cors.clone()),
         jwt: route.jwt.or_else(|| global.jwt.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),

@@ -15,6 +15,10 @@ use super::units::DurationValue;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicyConfig {
+    /// Allow or deny clients by address (CIDR blocks), as resolved through trusted proxies.
+    IpRestriction(IpRestrictionConfig),
+    /// Cross-origin resource sharing: answer preflights, add CORS headers for allowed origins.
+    Cors(CorsConfig),
     /// Require a valid JSON Web Token; forward chosen claims as headers.
     Jwt(Box<JwtConfig>),
     /// Require roles, scopes or claim values of the authenticated caller.
@@ -33,6 +37,8 @@ impl PolicyConfig {
     /// The kind's name as written in config, for messages and `explain`.
     pub fn kind(&self) -> &'static str {
         match self {
+            PolicyConfig::IpRestriction(_) => "ip_restriction",
+            PolicyConfig::Cors(_) => "cors",
             PolicyConfig::Jwt(_) => "jwt",
             PolicyConfig::Authorize(_) => "authorize",
             PolicyConfig::RequestHeaders(_) => "request_headers",
@@ -178,4 +184,72 @@ pub struct AuthorizeConfig {
     /// Claims that must have this value (for an array claim: contain it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, String>,
+}
+
+/// `ip_restriction`: which client addresses may use the route.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpRestrictionConfig {
+    /// When given, only these addresses or CIDR blocks are let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These addresses or CIDR blocks are refused (even when also allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// `cors`: cross-origin requests from browsers.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed: exact (`https://app.example.com`), `{regex: "…"}`, or `"*"` for any.
+    pub allow_origins: Vec<OriginConfig>,
+    /// Methods allowed in cross-origin requests. Default: GET, HEAD, POST, PUT, PATCH, DELETE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed. Default: whatever the preflight asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers the browser may read beyond the simple ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and credentials (then `*` cannot be used for origins).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<DurationValue>,
+}
+
+/// An allowed origin: exact text, or a regex over the whole origin.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OriginConfig {
+    Exact(String),
+    Regex { regex: String },
+}
+
+impl<'de> Deserialize<'de> for OriginConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Regex {
+            regex: String,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OriginConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an origin such as https://app.example.com, \"*\", or {regex: …}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OriginConfig, E> {
+                Ok(OriginConfig::Exact(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<OriginConfig, A::Error> {
+                Regex::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|r| OriginConfig::Regex { regex: r.regex })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }

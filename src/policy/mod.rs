@@ -8,9 +8,11 @@
 //! the global policy of the same kind.
 
 pub mod authorize;
+pub mod cors;
 pub mod direct;
 pub mod headers;
 pub mod identity;
+pub mod ip;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -21,14 +23,18 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::error::ProxyError;
 
 pub use authorize::AuthorizePolicy;
+pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
 pub use headers::HeaderFilter;
 pub use identity::Identity;
+pub use ip::IpRestriction;
 pub use jwt::{JwtPolicy, QueryEdit};
 
 /// The compiled policies of one route, one slot per kind.
 #[derive(Default, Clone)]
 pub struct RoutePolicies {
+    pub ip_restriction: Option<Arc<IpRestriction>>,
+    pub cors: Option<Arc<CorsPolicy>>,
     pub jwt: Option<Arc<JwtPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
@@ -41,6 +47,12 @@ impl RoutePolicies {
     /// The kinds configured, in the order they run: for `explain` and `routes`.
     pub fn names_in_order(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
+        if self.ip_restriction.is_some() {
+            names.push("ip_restriction");
+        }
+        if self.cors.is_some() {
+            names.push("cors");
+        }
         if self.jwt.is_some() {
             names.push("jwt");
         }
@@ -82,6 +94,10 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     pub route_match: &'a crate::route::RouteMatch,
     pub spec: &'a crate::route::RouteSpec,
+    /// The client's address, resolved through trusted proxies.
+    pub client: std::net::IpAddr,
+    /// For a CORS preflight: the request's `Origin` and the method it announces.
+    pub preflight: Option<(&'a http::HeaderValue, &'a http::Method)>,
 }
 
 /// What the request policies established or changed, for the later steps.
@@ -94,17 +110,18 @@ pub struct RequestState {
 /// Runs the route's request policies in their fixed order.
 ///
 /// The order, and why:
-/// 1. (later) timeout, IP restriction, CORS preflight: CORS before authentication, so that
-///    rejections still carry CORS headers and preflights need no credentials.
-/// 2. `jwt` (authentication): establishes who the caller is; it also removes identity headers a
+/// 1. `ip_restriction`: a refused address gets nothing else, not even a preflight answer.
+/// 2. `cors`: answers preflights, before authentication: a preflight carries no credentials. The
+///    CORS headers of other responses (later rejections included) are added as the response is built.
+/// 3. `jwt` (authentication): establishes who the caller is; it also removes identity headers a
 ///    client sent, so nothing later sees a forged identity.
-/// 3. `authorize`: needs the identity from 2.
-/// 4. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
+/// 4. `authorize`: needs the identity from 3.
+/// 5. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
 ///    that unauthenticated floods are refused before they consume anyone's quota.
-/// 5. request filters (`request_headers`): after authentication, so a filter cannot forge what
+/// 6. request filters (`request_headers`): after authentication, so a filter cannot forge what
 ///    authentication checks, and before answering locally, so a `direct_response` sees the same
 ///    request an upstream would.
-/// 6. `redirect`, then `direct_response`: they end the request, so they run last — answering
+/// 7. `redirect`, then `direct_response`: they end the request, so they run last — answering
 ///    locally never bypasses authentication or authorization.
 pub async fn apply_request_policies(
     policies: &RoutePolicies,
@@ -112,6 +129,12 @@ pub async fn apply_request_policies(
     facts: &RequestFacts<'_>,
     state: &mut RequestState,
 ) -> Result<PolicyOutcome, ProxyError> {
+    if let Some(ip) = &policies.ip_restriction {
+        ip.check(facts.client)?;
+    }
+    if let (Some(cors), Some((origin, method))) = (&policies.cors, facts.preflight) {
+        return Ok(PolicyOutcome::Respond(Box::new(cors.preflight(headers, origin, method))));
+    }
     if let Some(jwt) = &policies.jwt {
         state.identity = jwt.authenticate(headers, facts.query, &mut state.query_edit).await?;
     }

@@ -66,9 +66,9 @@ impl HttpProxy {
                 user_agent: req.headers().get(header::USER_AGENT),
             },
         );
-        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start };
+        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start, cors: None };
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, .. } = exchange;
+        let Exchange { mut log, request_id, cors, .. } = exchange;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -80,6 +80,11 @@ impl HttpProxy {
                 err.to_response(request_id.as_ref(), &snap.server.request_id_header)
             }
         };
+        // CORS headers go on every response of a CORS route, the gateway's own errors included:
+        // without them a browser hides the error from the page.
+        if let Some((cors, origin)) = cors {
+            cors.apply(&origin, response.headers_mut());
+        }
         log.set_status(response.status().as_u16());
         response.body_mut().attach(log);
         response
@@ -93,6 +98,8 @@ struct Exchange<'a> {
     log: RequestLog,
     request_id: Option<HeaderValue>,
     start: Instant,
+    /// The route's CORS policy and the request's Origin, for the response.
+    cors: Option<(std::sync::Arc<crate::policy::CorsPolicy>, HeaderValue)>,
 }
 
 impl Exchange<'_> {
@@ -105,9 +112,8 @@ impl Exchange<'_> {
         let request_id = request_id::resolve(&mut parts.headers, server);
         self.log.set_request_id(&request_id);
         self.request_id = Some(request_id.clone());
-        if self.log.is_detailed() {
-            self.log.set_client(headers::client_ip(&parts.headers, self.conn.peer.ip(), server));
-        }
+        let client = headers::client_ip(&parts.headers, self.conn.peer.ip(), server);
+        self.log.set_client(client);
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported: gatehouse is not a forward proxy".into()));
         }
@@ -125,14 +131,25 @@ impl Exchange<'_> {
 
         // 4. Route.
         let listener = &snap.listeners[self.conn.listener];
-        let view = RequestView {
-            method: &parts.method,
+        // A CORS preflight is routed as the request it announces (a route for `POST /orders`
+        // answers the preflight of `POST /orders`); if that route has no CORS policy, it is an
+        // ordinary OPTIONS request after all.
+        let announced = preflight_of(&parts);
+        let mut view = RequestView {
+            method: announced.as_ref().map_or(&parts.method, |(_, m)| m),
             host: host.as_deref(),
             path: &path,
             query: parts.uri.query(),
             headers: &parts.headers,
         };
-        let route_match = match listener.table.find(&view) {
+        let mut found = listener.table.find(&view);
+        let mut preflight = announced.as_ref();
+        if preflight.is_some() && !matches!(&found, Lookup::Matched(m) if snap.route(m.route).policies.cors.is_some()) {
+            preflight = None;
+            view.method = &parts.method;
+            found = listener.table.find(&view);
+        }
+        let route_match = match found {
             Lookup::Matched(m) => m,
             Lookup::MethodNotAllowed { allow } => {
                 let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -149,8 +166,21 @@ impl Exchange<'_> {
         let spec = listener.table.spec(route_match.route);
         self.log.set_route(&route.name);
 
+        if let (Some(cors), None) = (&route.policies.cors, &preflight) {
+            if let Some(origin) = parts.headers.get(header::ORIGIN) {
+                self.cors = Some((cors.clone(), origin.clone()));
+            }
+        }
+
         // 5. Request policies.
-        let facts = RequestFacts { path: &path, query: parts.uri.query(), route_match: &route_match, spec };
+        let facts = RequestFacts {
+            path: &path,
+            query: parts.uri.query(),
+            route_match: &route_match,
+            spec,
+            client,
+            preflight: preflight.map(|(origin, method)| (origin, method)),
+        };
         let mut state = RequestState::default();
         let outcome = policy::apply_request_policies(&route.policies, &mut parts.headers, &facts, &mut state).await?;
         if let PolicyOutcome::Respond(mut response) = outcome {
@@ -227,6 +257,16 @@ impl Exchange<'_> {
         parts.headers.insert(server.request_id_header.clone(), request_id);
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
     }
+}
+
+/// `(Origin, announced method)` of a CORS preflight request.
+fn preflight_of(parts: &http::request::Parts) -> Option<(HeaderValue, Method)> {
+    if parts.method != Method::OPTIONS {
+        return None;
+    }
+    let origin = parts.headers.get(header::ORIGIN)?;
+    let method = parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    Some((origin.clone(), Method::from_bytes(method.as_bytes()).ok()?))
 }
 
 /// Limits on the request head that hyper does not enforce at the configured size: checked here so

@@ -213,3 +213,119 @@ async fn rejections_carry_a_bearer_challenge_and_reach_nothing() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(app.requests(), 0);
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_rejections_carry_cors_headers() {
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+policies:
+  - cors:
+      allow_origins: ["https://app.example.com", {{ regex: "https://[a-z]+\\.example\\.org" }}]
+      allow_methods: [GET, POST]
+      allow_headers: [authorization, content-type]
+      expose_headers: [x-request-id]
+      allow_credentials: true
+      max_age: 10m
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - name: orders
+    match: {{ path: "/orders/**", methods: [GET, POST, PUT] }}
+    upstream: app
+    policies:
+      - jwt: {{ jwks_url: "{}" }}
+"#,
+        app.url(),
+        jwks.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    let preflight = |origin: &'static str, method: &'static str| {
+        vec![
+            ("origin", origin),
+            ("access-control-request-method", method),
+            ("access-control-request-headers", "authorization"),
+        ]
+    };
+    let ok = client.request("OPTIONS", "/orders/1", &preflight("https://app.example.com", "POST"), "").await;
+    assert_eq!(ok.status, 204, "{}", ok.text());
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(ok.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(ok.header("access-control-max-age"), Some("600"));
+    let other = client.request("OPTIONS", "/orders/1", &preflight("https://shop.example.org", "GET"), "").await;
+    assert_eq!(other.status, 204);
+    // Refused by the CORS policy: an origin it does not list, a method it does not allow.
+    for (origin, method) in [("https://evil.example", "GET"), ("https://app.example.com", "PUT")] {
+        let refused = client.request("OPTIONS", "/orders/1", &preflight(origin, method), "").await;
+        assert_eq!(refused.status, 403, "{origin} {method}");
+        assert_eq!(refused.error_code(), "cors_rejected");
+        assert!(refused.header("access-control-allow-origin").is_none());
+    }
+    // A method no route serves: the preflight is an ordinary OPTIONS request, which nothing takes.
+    let nothing = client.request("OPTIONS", "/orders/1", &preflight("https://app.example.com", "DELETE"), "").await;
+    assert_eq!(nothing.status, 405);
+    assert!(nothing.header("access-control-allow-origin").is_none());
+    // A plain OPTIONS (no preflight headers) is an ordinary request too.
+    assert_eq!(client.request("OPTIONS", "/orders/1", &[("origin", "https://app.example.com")], "").await.status, 405);
+
+    // The gateway's own rejection carries CORS headers, so the page can read it.
+    let anonymous = client.request("GET", "/orders/1", &[("origin", "https://app.example.com")], "").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(anonymous.header("vary"), Some("Origin"));
+    let token = format!("Bearer {}", key.sign(&claims("alice")).unwrap());
+    let allowed = client
+        .request("GET", "/orders/1", &[("origin", "https://app.example.com"), ("authorization", &token)], "")
+        .await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(allowed.header("access-control-expose-headers"), Some("x-request-id"));
+    let stranger =
+        client.request("GET", "/orders/1", &[("origin", "https://evil.example"), ("authorization", &token)], "").await;
+    assert_eq!(stranger.status, 200, "CORS is for browsers: the request itself is served");
+    assert!(stranger.header("access-control-allow-origin").is_none());
+    assert_eq!(app.requests(), 2, "preflights never reach the upstream");
+}
+
+#[tokio::test]
+async fn ip_restriction_uses_the_client_address_resolved_through_trusted_proxies() {
+    let app = Upstream::echo("app");
+    let config = |trusted: &str| {
+        format!(
+            r#"server: {{ workers: 1, trusted_proxies: [{trusted}] }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - name: office
+    match: {{ path: "/office/**" }}
+    upstream: app
+    policies: [{{ ip_restriction: {{ allow: ["203.0.113.0/24", "2001:db8::/32"], deny: ["203.0.113.66"] }} }}]
+  - name: no-loopback
+    match: {{ path: "/open/**" }}
+    upstream: app
+    policies: [{{ ip_restriction: {{ deny: ["127.0.0.0/8"] }} }}]
+"#,
+            app.url()
+        )
+    };
+    let behind_proxy = TestGateway::start(&config("\"127.0.0.1\""));
+    let mut client = Client::connect(behind_proxy.addr()).await;
+    let from = |ip: &'static str| vec![("x-forwarded-for", ip)];
+    assert_eq!(client.request("GET", "/office/x", &from("203.0.113.9"), "").await.status, 200);
+    assert_eq!(client.request("GET", "/office/x", &from("2001:db8::7"), "").await.status, 200);
+    assert_eq!(client.request("GET", "/office/x", &from("203.0.113.66"), "").await.status, 403);
+    assert_eq!(client.request("GET", "/office/x", &from("198.51.100.1"), "").await.status, 403);
+    let refused = client.request("GET", "/office/x", &[], "").await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "forbidden");
+    // Without trusting the peer, a forged X-Forwarded-For changes nothing: the peer is loopback.
+    let direct = TestGateway::start(&config(""));
+    let mut client = Client::connect(direct.addr()).await;
+    assert_eq!(client.request("GET", "/office/x", &from("203.0.113.9"), "").await.status, 403);
+    assert_eq!(client.request("GET", "/open/x", &from("203.0.113.9"), "").await.status, 403);
+    assert_eq!(app.requests(), 2);
+}
