@@ -40,7 +40,7 @@ fn setup(alg: &str) -> Setup {
         forward_claims: BTreeMap::from([("sub".into(), "x-user-id".into())]),
         ..JwtConfig::default()
     };
-    let policy = JwtPolicy::compile(&config, &Registry::new()).unwrap();
+    let policy = JwtPolicy::compile(&config, &Registry::new(), &Default::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     Setup { policy, signer, runtime, _dir: dir }
 }

@@ -18,7 +18,7 @@ pub mod proxy;
 pub mod route;
 pub mod state;
 pub mod telemetry;
-mod text;
+pub mod text;
 pub mod transport;
 pub mod upstream;
 

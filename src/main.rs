@@ -76,13 +76,23 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Generate an API key and print it with the SHA-256 digest to put in the config.
+    Keygen {
+        /// The consumer the key is for (used in the printed config snippet).
+        #[arg(long, default_value = "my-consumer")]
+        consumer: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let quiet = matches!(
         args.command,
-        Command::Validate { .. } | Command::Routes { .. } | Command::Explain { .. } | Command::Schema
+        Command::Validate { .. }
+            | Command::Routes { .. }
+            | Command::Explain { .. }
+            | Command::Schema
+            | Command::Keygen { .. }
     );
     logging::init(args.log_format, if quiet { "warn" } else { &args.log_level });
     let result = match args.command {
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
             cli::explain(&config, &method, &url, &headers, listener.as_deref())
         }
         Command::Demo { listen, config } => cli::demo(&listen, config),
+        Command::Keygen { consumer } => cli::keygen(&consumer),
         Command::Schema => {
             print!("{}", gatehouse::config::schema::json_schema());
             Ok(ExitCode::SUCCESS)

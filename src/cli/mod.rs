@@ -92,6 +92,15 @@ pub fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `gatehouse keygen`: a new API key, shown once, and the digest that goes into the config.
+pub fn keygen(consumer: &str) -> anyhow::Result<ExitCode> {
+    let (key, digest) = crate::policy::consumers::generate_key().map_err(anyhow::Error::msg)?;
+    println!("API key (give it to the consumer; it is not stored anywhere):\n\n  {key}\n");
+    println!("Add its SHA-256 to the config:\n");
+    println!("consumers:\n  - name: {consumer}\n    credentials:\n      - api_key_sha256: \"{digest}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }

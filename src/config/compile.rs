@@ -15,7 +15,8 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
 use crate::policy::{
-    AuthorizePolicy, CorsPolicy, DirectResponse, HeaderFilter, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
+    AclPolicy, ApiKeyPolicy, AuthorizePolicy, ConsumerIndex, CorsPolicy, DirectResponse, HeaderFilter, IpRestriction,
+    JwtPolicy, Redirect, RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -63,11 +64,21 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     let server = server_settings(&config.server, &mut problems);
     let listeners = listener_names(config, ctx, &mut problems);
     let upstreams = upstreams(config, ctx.registry, &mut problems);
-    let global = policies(&config.policies, "policies", ctx.registry, &mut problems);
+    let consumers = match ConsumerIndex::compile(&config.consumers) {
+        Ok(index) => Arc::new(index),
+        Err(errors) => {
+            for (path, message) in errors {
+                problems.add(path, message);
+            }
+            Arc::new(ConsumerIndex::default())
+        }
+    };
+    let global = policies(&config.policies, "policies", ctx.registry, &consumers, &mut problems);
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
-    let (routes, specs) = routes(config, ctx.registry, &server.path, &upstreams, &global, &listeners, &mut problems);
+    let (routes, specs) =
+        routes(config, ctx.registry, &consumers, &server.path, &upstreams, &global, &listeners, &mut problems);
 
     let access_log = if config.access_log.enabled && !ctx.dry_run {
         match AccessLogWriter::open(&config.access_log.path) {
@@ -108,6 +119,7 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
         routes,
         upstreams,
         access_log,
+        consumers,
     })
 }
 
@@ -353,7 +365,13 @@ fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
 
 // === policies ===
 
-fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &mut Problems) -> RoutePolicies {
+fn policies(
+    list: &[PolicyConfig],
+    base: &str,
+    registry: &Registry,
+    consumers: &Arc<ConsumerIndex>,
+    problems: &mut Problems,
+) -> RoutePolicies {
     let mut out = RoutePolicies::default();
     let mut kinds = HashSet::new();
     for (i, policy) in list.iter().enumerate() {
@@ -368,6 +386,14 @@ fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &m
             }
         };
         match policy {
+            PolicyConfig::ApiKey(c) => match ApiKeyPolicy::compile(c, consumers.clone()) {
+                Ok(p) => out.api_key = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::Acl(c) => match AclPolicy::compile(c) {
+                Ok(p) => out.acl = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::IpRestriction(c) => match IpRestriction::compile(c) {
                 Ok(p) => out.ip_restriction = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -376,7 +402,7 @@ fn policies(list: &[PolicyConfig], base: &str, registry: &Registry, problems: &m
                 Ok(p) => out.cors = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
-            PolicyConfig::Jwt(c) => match JwtPolicy::compile(c, registry) {
+            PolicyConfig::Jwt(c) => match JwtPolicy::compile(c, registry, consumers) {
                 Ok(p) => out.jwt = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
@@ -411,7 +437,9 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         ip_restriction: route.ip_restriction.or_else(|| global.ip_restriction.clone()),
         cors: route.cors.or_else(|| global.cors.clone()),
         jwt: route.jwt.or_else(|| global.jwt.clone()),
+        api_key: route.api_key.or_else(|| global.api_key.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
+        acl: route.acl.or_else(|| global.acl.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
         response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
         direct_response: route.direct_response.or_else(|| global.direct_response.clone()),
@@ -423,9 +451,11 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
 
 type RouteSpecs = Vec<(RouteSpec, Option<BTreeSet<String>>)>;
 
+#[allow(clippy::too_many_arguments)]
 fn routes(
     config: &LocalConfig,
     registry: &Registry,
+    consumers: &Arc<ConsumerIndex>,
     path_options: &PathOptions,
     upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
     global: &RoutePolicies,
@@ -454,7 +484,7 @@ fn routes(
 
         let id = i as RouteId;
         let spec = route_spec(id, &name, r, &base, path_options, problems);
-        let own = policies(&r.policies, &format!("{base}.policies"), registry, problems);
+        let own = policies(&r.policies, &format!("{base}.policies"), registry, consumers, problems);
         if own.responds() && r.upstream.is_some() {
             problems.add(
                 format!("{base}.upstream"),
@@ -466,9 +496,13 @@ fn routes(
         }
         let route_policies = merge(global, own);
         if route_policies.authorize.is_some() && route_policies.jwt.is_none() {
+            problems
+                .add(format!("{base}.policies"), "authorize needs a jwt policy on the route or in the global policies");
+        }
+        if route_policies.acl.is_some() && route_policies.jwt.is_none() && route_policies.api_key.is_none() {
             problems.add(
                 format!("{base}.policies"),
-                "authorize needs an authentication policy (jwt) on the route or in the global policies",
+                "acl needs an authentication policy (api_key or jwt) on the route or in the global policies",
             );
         }
 

@@ -21,8 +21,12 @@ pub enum PolicyConfig {
     Cors(CorsConfig),
     /// Require a valid JSON Web Token; forward chosen claims as headers.
     Jwt(Box<JwtConfig>),
+    /// Recognise the caller by an API key.
+    ApiKey(ApiKeyConfig),
     /// Require roles, scopes or claim values of the authenticated caller.
     Authorize(AuthorizeConfig),
+    /// Allow or deny by the consumer's groups.
+    Acl(AclConfig),
     /// Change the request headers sent upstream.
     RequestHeaders(HeaderFilterConfig),
     /// Change the response headers sent to the client.
@@ -40,7 +44,9 @@ impl PolicyConfig {
             PolicyConfig::IpRestriction(_) => "ip_restriction",
             PolicyConfig::Cors(_) => "cors",
             PolicyConfig::Jwt(_) => "jwt",
+            PolicyConfig::ApiKey(_) => "api_key",
             PolicyConfig::Authorize(_) => "authorize",
+            PolicyConfig::Acl(_) => "acl",
             PolicyConfig::RequestHeaders(_) => "request_headers",
             PolicyConfig::ResponseHeaders(_) => "response_headers",
             PolicyConfig::DirectResponse(_) => "direct_response",
@@ -145,6 +151,9 @@ pub struct JwtConfig {
     /// How often a remote JWKS is fetched again. Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_refresh: Option<DurationValue>,
+    /// Attach the consumer whose `jwt_subject` credential equals this claim's value (e.g. `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
     /// A token with an unknown `kid` makes gatehouse fetch the JWKS again (the keys may have
     /// rotated), but not more often than this. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,4 +261,39 @@ impl<'de> Deserialize<'de> for OriginConfig {
         }
         deserializer.deserialize_any(V)
     }
+}
+
+/// `api_key`: the caller presents a key that belongs to a consumer.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Where to look for the key, in order. Default: the `X-API-Key` header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_from: Vec<KeySourceConfig>,
+    /// Keep the key in the request sent upstream. Default: it is removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_key: bool,
+    /// Let requests without a key through (without a consumer); a key that is present must be valid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// Where an API key is read from.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum KeySourceConfig {
+    Header(String),
+    Query(String),
+}
+
+/// `acl`: allow or deny by the consumer's groups.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    /// When given, the consumer must be in at least one of these groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// A consumer in any of these groups is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
 }

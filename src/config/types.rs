@@ -38,6 +38,55 @@ pub struct LocalConfig {
     /// Policies that apply to every route; a route's own policy of the same kind replaces the global one.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Known callers: applications and partners with their groups, plan and credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+/// A known caller.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unique; sent upstream as `X-Consumer-Name` and written to the access log.
+    pub name: String,
+    /// Groups for `acl` policies; sent upstream as `X-Consumer-Groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The consumer's plan (e.g. `free`, `pro`), for limits and quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// How the consumer is recognised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+/// One credential of a consumer: an API key (its SHA-256, or the key itself from `${VAR}`), or the
+/// value of a verified JWT claim.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The SHA-256 of an API key, in hex (what `gatehouse keygen` prints). Preferred: the key
+    /// itself is then never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_sha256: Option<String>,
+    /// An API key in clear (use `${VAR}`); it is hashed when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// A verified JWT whose `consumer_claim` (see the `jwt` policy) has this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_subject: Option<String>,
+    /// The credential stops working after this time (RFC 3339, e.g. `2027-01-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// The credential no longer works.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+    /// A name for the credential, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 // === server ===

@@ -66,10 +66,9 @@ impl AuthorizePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn identity(v: serde_json::Value) -> Identity {
-        Identity { claims: Arc::new(v.as_object().cloned().unwrap()) }
+        Identity::of_claims(v.as_object().cloned().unwrap())
     }
 
     fn policy(roles: &[&str], scopes: &[&str], claims: &[(&str, &str)]) -> AuthorizePolicy {

@@ -1,18 +1,32 @@
 //! `Identity`: who the caller is, as established by an authentication policy (request policies
 //! phase), for authorization policies and for the headers sent upstream.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
-/// The claims of a verified token.
+use super::consumers::Consumer;
+
+/// Who the caller is: the claims of a verified token (none for an API key), and the consumer
+/// recognised, if any.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub claims: Arc<Map<String, Value>>,
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 impl Identity {
+    pub fn of_claims(claims: Map<String, Value>) -> Identity {
+        Identity { claims: Arc::new(claims), consumer: None }
+    }
+
+    /// A consumer recognised without claims (by an API key).
+    pub fn of_consumer(consumer: Arc<Consumer>) -> Identity {
+        static NO_CLAIMS: OnceLock<Arc<Map<String, Value>>> = OnceLock::new();
+        Identity { claims: NO_CLAIMS.get_or_init(|| Arc::new(Map::new())).clone(), consumer: Some(consumer) }
+    }
+
     pub fn subject(&self) -> Option<&str> {
         self.claims.get("sub").and_then(Value::as_str)
     }
@@ -71,7 +85,7 @@ mod tests {
     use serde_json::json;
 
     fn identity(v: Value) -> Identity {
-        Identity { claims: Arc::new(v.as_object().cloned().unwrap()) }
+        Identity::of_claims(v.as_object().cloned().unwrap())
     }
 
     #[test]

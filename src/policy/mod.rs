@@ -7,7 +7,10 @@
 //! Config: a route's policy list is merged with the global list; a route's policy of a kind replaces
 //! the global policy of the same kind.
 
+pub mod acl;
+pub mod api_key;
 pub mod authorize;
+pub mod consumers;
 pub mod cors;
 pub mod direct;
 pub mod headers;
@@ -22,7 +25,10 @@ use http::Response;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::ProxyError;
 
+pub use acl::AclPolicy;
+pub use api_key::ApiKeyPolicy;
 pub use authorize::AuthorizePolicy;
+pub use consumers::{Consumer, ConsumerIndex};
 pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
 pub use headers::HeaderFilter;
@@ -36,7 +42,9 @@ pub struct RoutePolicies {
     pub ip_restriction: Option<Arc<IpRestriction>>,
     pub cors: Option<Arc<CorsPolicy>>,
     pub jwt: Option<Arc<JwtPolicy>>,
+    pub api_key: Option<Arc<ApiKeyPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
+    pub acl: Option<Arc<AclPolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
     pub response_headers: Option<Arc<HeaderFilter>>,
     pub direct_response: Option<Arc<DirectResponse>>,
@@ -56,8 +64,14 @@ impl RoutePolicies {
         if self.jwt.is_some() {
             names.push("jwt");
         }
+        if self.api_key.is_some() {
+            names.push("api_key");
+        }
         if self.authorize.is_some() {
             names.push("authorize");
+        }
+        if self.acl.is_some() {
+            names.push("acl");
         }
         if self.request_headers.is_some() {
             names.push("request_headers");
@@ -113,9 +127,10 @@ pub struct RequestState {
 /// 1. `ip_restriction`: a refused address gets nothing else, not even a preflight answer.
 /// 2. `cors`: answers preflights, before authentication: a preflight carries no credentials. The
 ///    CORS headers of other responses (later rejections included) are added as the response is built.
-/// 3. `jwt` (authentication): establishes who the caller is; it also removes identity headers a
-///    client sent, so nothing later sees a forged identity.
-/// 4. `authorize`: needs the identity from 3.
+/// 3. `api_key` or `jwt` (authentication): establishes who the caller is, and which consumer; the
+///    identity headers a client sent were removed before (consumer headers by the proxy, claim
+///    headers by `jwt`), so nothing later sees a forged identity.
+/// 4. `authorize`, `acl`: need the identity from 3.
 /// 5. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
 ///    that unauthenticated floods are refused before they consume anyone's quota.
 /// 6. request filters (`request_headers`): after authentication, so a filter cannot forge what
@@ -135,11 +150,28 @@ pub async fn apply_request_policies(
     if let (Some(cors), Some((origin, method))) = (&policies.cors, facts.preflight) {
         return Ok(PolicyOutcome::Respond(Box::new(cors.preflight(headers, origin, method))));
     }
-    if let Some(jwt) = &policies.jwt {
-        state.identity = jwt.authenticate(headers, facts.query, &mut state.query_edit).await?;
+    // Authentication: with both an API key and a JWT policy, the credential the request presents
+    // decides which one checks it (an API key when one is there); either way exactly one does.
+    match (&policies.api_key, &policies.jwt) {
+        (Some(api_key), jwt) if jwt.is_none() || api_key.presented(headers, facts.query) => {
+            state.identity = api_key.authenticate(headers, facts.query, &mut state.query_edit)?;
+        }
+        (_, Some(jwt)) => {
+            state.identity = jwt.authenticate(headers, facts.query, &mut state.query_edit).await?;
+        }
+        _ => {}
+    }
+    if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
+        headers.insert(consumers::CONSUMER_NAME.clone(), consumer.name_value.clone());
+        if let Some(groups) = &consumer.groups_value {
+            headers.insert(consumers::CONSUMER_GROUPS.clone(), groups.clone());
+        }
     }
     if let Some(authorize) = &policies.authorize {
         authorize.check(state.identity.as_ref())?;
+    }
+    if let Some(acl) = &policies.acl {
+        acl.check(state.identity.as_ref())?;
     }
     if let Some(filter) = &policies.request_headers {
         filter.apply(headers);

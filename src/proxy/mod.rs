@@ -122,6 +122,12 @@ impl Exchange<'_> {
         if scan.transfer_encoding() {
             check_framing(&parts, self.conn, self.log.head_is_known())?;
         }
+        // Consumer headers are the gateway's to set: a client's own never pass.
+        if !snap.consumers.is_empty() {
+            parts.headers.remove(&crate::policy::consumers::CONSUMER_NAME);
+            parts.headers.remove(&crate::policy::consumers::CONSUMER_GROUPS);
+        }
+
         let (host, original_host) = headers::request_host(&parts)?;
         let path = normalize::normalize_path(parts.uri.path(), &server.path)
             .map_err(|e| ProxyError::BadRequest(e.reason().into()))?;
@@ -182,7 +188,11 @@ impl Exchange<'_> {
             preflight: preflight.map(|(origin, method)| (origin, method)),
         };
         let mut state = RequestState::default();
-        let outcome = policy::apply_request_policies(&route.policies, &mut parts.headers, &facts, &mut state).await?;
+        let outcome = policy::apply_request_policies(&route.policies, &mut parts.headers, &facts, &mut state).await;
+        if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
+            self.log.set_consumer(&consumer.name);
+        }
+        let outcome = outcome?;
         if let PolicyOutcome::Respond(mut response) = outcome {
             policy::apply_response_policies(&route.policies, response.headers_mut());
             response.headers_mut().insert(server.request_id_header.clone(), request_id);

@@ -34,6 +34,7 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     pub access_log: Option<Arc<crate::telemetry::AccessLogWriter>>,
+    pub consumers: Arc<crate::policy::ConsumerIndex>,
 }
 
 impl std::fmt::Debug for Snapshot {

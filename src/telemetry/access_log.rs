@@ -30,6 +30,7 @@ pub struct LogLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub route: Option<&'a str>,
+    pub consumer: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,
     pub bytes_in: u64,
@@ -56,6 +57,8 @@ impl LogLine<'_> {
         push_json_str(&mut out, self.path.as_bytes());
         out.push_str(",\"route\":");
         push_opt(&mut out, self.route.map(str::as_bytes));
+        out.push_str(",\"consumer\":");
+        push_opt(&mut out, self.consumer.map(str::as_bytes));
         out.push_str(",\"upstream\":");
         push_opt(&mut out, self.upstream.map(str::as_bytes));
         let _ = write!(
@@ -183,6 +186,7 @@ mod tests {
             method: "GET",
             path: "/a\\b",
             route: Some("users"),
+            consumer: None,
             upstream: None,
             status: 200,
             bytes_in: 1,

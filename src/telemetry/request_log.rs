@@ -38,6 +38,7 @@ struct Detail {
     user_agent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     route: Option<Arc<str>>,
+    consumer: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     upstream_latency: Option<Duration>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -70,6 +71,7 @@ impl RequestLog {
                 user_agent: info.user_agent.cloned(),
                 request_id: None,
                 route: None,
+                consumer: None,
                 upstream: None,
                 upstream_latency: None,
                 bytes_in: None,
@@ -121,6 +123,12 @@ impl RequestLog {
         }
     }
 
+    pub fn set_consumer(&mut self, name: &Arc<str>) {
+        if let Some(d) = &mut self.detail {
+            d.consumer = Some(name.clone());
+        }
+    }
+
     pub fn set_upstream(&mut self, endpoint: &Arc<str>) {
         if let Some(d) = &mut self.detail {
             d.upstream = Some(endpoint.clone());
@@ -168,6 +176,7 @@ impl RequestLog {
             method: d.method.as_str(),
             path: d.path.as_deref().unwrap_or_else(|| d.uri.path()),
             route: d.route.as_deref(),
+            consumer: d.consumer.as_deref(),
             upstream: d.upstream.as_deref(),
             status,
             bytes_in: d.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),

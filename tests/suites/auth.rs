@@ -329,3 +329,96 @@ routes:
     assert_eq!(client.request("GET", "/open/x", &from("203.0.113.9"), "").await.status, 403);
     assert_eq!(app.requests(), 2);
 }
+
+/// Runs `gatehouse keygen` and returns (key, sha256).
+fn keygen() -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(["keygen", "--consumer", "x"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().find(|l| l.trim().starts_with("gh_")).unwrap().trim().to_owned();
+    let digest = text.lines().find_map(|l| l.split("api_key_sha256: \"").nth(1)).unwrap().trim_end_matches('"').to_owned();
+    (key, digest)
+}
+
+#[tokio::test]
+async fn api_keys_identify_consumers_and_acls_check_their_groups() {
+    let (partner_key, partner_digest) = keygen();
+    let (intern_key, intern_digest) = keygen();
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+consumers:
+  - name: partner-a
+    groups: [partners]
+    plan: pro
+    credentials:
+      - api_key_sha256: "{partner_digest}"
+      - api_key: "expired-key-0123456789"
+        expires: "2020-01-01T00:00:00Z"
+      - api_key: "revoked-key-0123456789"
+        revoked: true
+  - name: intern
+    groups: [staff]
+    credentials: [{{ api_key_sha256: "{intern_digest}" }}]
+  - name: billing-service
+    groups: [partners, internal]
+    credentials: [{{ jwt_subject: svc-billing }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - name: partner-api
+    match: {{ path: "/partners/**" }}
+    upstream: app
+    policies:
+      - api_key: {{ key_from: [{{ header: x-api-key }}, {{ query: apikey }}] }}
+      - jwt: {{ jwks_url: "{}", consumer_claim: sub }}
+      - acl: {{ allow: [partners] }}
+"#,
+        app.url(),
+        jwks.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    let ok = client.request("GET", "/partners/x", &[("x-api-key", &partner_key)], "").await;
+    assert_eq!(ok.status, 200);
+    let seen = app.seen();
+    let h = &seen.last().unwrap().headers;
+    assert_eq!(h["x-consumer-name"], "partner-a");
+    assert_eq!(h["x-consumer-groups"], "partners");
+    assert!(h.get("x-api-key").is_none(), "the key is removed before forwarding");
+
+    // The key in the query is removed from the forwarded query too.
+    let q = client.request("GET", &format!("/partners/q?apikey={partner_key}&page=2"), &[], "").await;
+    assert_eq!(q.status, 200);
+    assert_eq!(app.seen().last().unwrap().uri, "/partners/q?page=2");
+
+    for (name, value, expect) in [
+        ("unknown", "gh_not-a-real-key-at-all", "not valid"),
+        ("expired", "expired-key-0123456789", "expired"),
+        ("revoked", "revoked-key-0123456789", "revoked"),
+    ] {
+        let reply = client.request("GET", "/partners/x", &[("x-api-key", value)], "").await;
+        assert_eq!(reply.status, 401, "{name}");
+        assert!(reply.json()["error"]["message"].as_str().unwrap().contains(expect), "{name}: {}", reply.text());
+    }
+    // A valid key of a consumer outside the allowed groups.
+    let intern = client.request("GET", "/partners/x", &[("x-api-key", &intern_key)], "").await;
+    assert_eq!(intern.status, 403);
+    // A JWT whose subject maps to a consumer in an allowed group; forged consumer headers are dropped.
+    let token = format!("Bearer {}", key.sign(&json!({"sub": "svc-billing", "exp": now() + 60})).unwrap());
+    let svc = client
+        .request("GET", "/partners/x", &[("authorization", &token), ("x-consumer-name", "partner-a"), ("x-consumer-groups", "admins")], "")
+        .await;
+    assert_eq!(svc.status, 200);
+    let seen = app.seen();
+    let h = &seen.last().unwrap().headers;
+    assert_eq!(h.get_all("x-consumer-name").iter().collect::<Vec<_>>(), vec!["billing-service"]);
+    assert_eq!(h["x-consumer-groups"], "partners,internal");
+    // A JWT of nobody in particular: authenticated, but not a consumer the ACL knows.
+    let stranger = format!("Bearer {}", key.sign(&json!({"sub": "someone", "exp": now() + 60})).unwrap());
+    assert_eq!(client.request("GET", "/partners/x", &[("authorization", &stranger)], "").await.status, 403);
+    // No credential at all.
+    assert_eq!(client.request("GET", "/partners/x", &[], "").await.status, 401);
+    assert_eq!(app.requests(), 3);
+}

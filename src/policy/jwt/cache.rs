@@ -67,12 +67,11 @@ pub fn put(scope: u64, generation: u64, token: &str, expires: u64, identity: Ide
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn id(sub: &str) -> Identity {
         let mut m = serde_json::Map::new();
         m.insert("sub".into(), sub.into());
-        Identity { claims: Arc::new(m) }
+        Identity::of_claims(m)
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::config::{JwtConfig, TokenSourceConfig};
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
 
+use super::consumers::ConsumerIndex;
 use super::identity::{Identity, claim_header_value};
 use keys::{JwksSource, KeySet};
 
@@ -66,6 +67,8 @@ pub struct JwtPolicy {
     optional: bool,
     /// Identifies these settings for the verified-token cache (stable across reloads).
     scope: u64,
+    /// Attaches the consumer whose `jwt_subject` is this claim's value.
+    consumer_claim: Option<(String, Arc<ConsumerIndex>)>,
 }
 
 /// What a policy changes in the request besides headers: a token removed from the query.
@@ -76,7 +79,11 @@ pub struct QueryEdit {
 
 impl JwtPolicy {
     /// Builds the policy; errors are (field, message) pairs.
-    pub fn compile(config: &JwtConfig, registry: &Registry) -> Result<JwtPolicy, Vec<(String, String)>> {
+    pub fn compile(
+        config: &JwtConfig,
+        registry: &Registry,
+        consumers: &Arc<ConsumerIndex>,
+    ) -> Result<JwtPolicy, Vec<(String, String)>> {
         crypto::install();
         let mut errors = Vec::new();
         let allowed: Option<Vec<Algorithm>> = config.algorithms.as_ref().map(|list| {
@@ -219,6 +226,7 @@ impl JwtPolicy {
                 strip: config.strip_token,
                 optional: config.optional,
                 scope,
+                consumer_claim: config.consumer_claim.clone().map(|c| (c, consumers.clone())),
             }),
             _ => Err(errors),
         }
@@ -247,7 +255,11 @@ impl JwtPolicy {
                 Err(ProxyError::unauthorized(None, "a bearer token is required"))
             };
         };
-        let identity = self.verify(&token).await?;
+        let mut identity = self.verify(&token).await?;
+        if let Some((claim, consumers)) = &self.consumer_claim {
+            identity.consumer =
+                identity.claim(claim).and_then(Value::as_str).and_then(|v| consumers.by_jwt_subject(v)).cloned();
+        }
         if self.strip {
             strip(headers, query, edit, &found);
         }
@@ -303,7 +315,7 @@ impl JwtPolicy {
                         }
                     }
                     let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-                    let identity = Identity { claims: Arc::new(claims) };
+                    let identity = Identity::of_claims(claims);
                     cache::put(self.scope, keys.generation, token, expires + self.leeway, identity.clone());
                     return Ok(identity);
                 }

@@ -39,7 +39,7 @@ fn policy(signers: &[&TokenSigner], tweak: impl FnOnce(&mut JwtConfig)) -> (JwtP
         ..JwtConfig::default()
     };
     tweak(&mut config);
-    (JwtPolicy::compile(&config, &Registry::new()).unwrap_or_else(|e| panic!("{e:?}")), dir)
+    (JwtPolicy::compile(&config, &Registry::new(), &Default::default()).unwrap_or_else(|e| panic!("{e:?}")), dir)
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -210,7 +210,7 @@ async fn verified_tokens_are_reused_but_only_while_valid() {
 #[test]
 fn config_mistakes_are_reported() {
     let registry = Registry::new();
-    let errors = |c: JwtConfig| JwtPolicy::compile(&c, &registry).err().unwrap_or_default();
+    let errors = |c: JwtConfig| JwtPolicy::compile(&c, &registry, &Default::default()).err().unwrap_or_default();
     assert!(!errors(JwtConfig::default()).is_empty(), "no key source");
     let short = errors(JwtConfig { secret: Some("short".into()), ..JwtConfig::default() });
     assert!(short[0].1.contains("32 bytes"), "{short:?}");
@@ -280,8 +280,8 @@ async fn pem_public_keys_of_each_type_verify() {
         let path = dir.path().join("key.pem");
         std::fs::write(&path, &pem_text).unwrap();
         let config = JwtConfig { public_key_file: Some(path.display().to_string()), ..JwtConfig::default() };
-        let policy =
-            JwtPolicy::compile(&config, &Registry::new()).unwrap_or_else(|e| panic!("{}: {e:?}", signer.algorithm()));
+        let policy = JwtPolicy::compile(&config, &Registry::new(), &Default::default())
+            .unwrap_or_else(|e| panic!("{}: {e:?}", signer.algorithm()));
         let token = signer.sign(&claims()).unwrap();
         if let Err(e) = check(&policy, bearer(&token)).await {
             panic!("{}: {e:?}", signer.algorithm());
@@ -294,7 +294,7 @@ async fn pem_public_keys_of_each_type_verify() {
     let path = dir.path().join("junk.pem");
     std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
     let config = JwtConfig { public_key_file: Some(path.display().to_string()), ..JwtConfig::default() };
-    assert!(JwtPolicy::compile(&config, &Registry::new()).is_err());
+    assert!(JwtPolicy::compile(&config, &Registry::new(), &Default::default()).is_err());
 }
 
 fn hex(text: &str) -> Vec<u8> {
