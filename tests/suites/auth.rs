@@ -332,11 +332,15 @@ routes:
 
 /// Runs `gatehouse keygen` and returns (key, sha256).
 fn keygen() -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(["keygen", "--consumer", "x"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["keygen", "--consumer", "x"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let key = text.lines().find(|l| l.trim().starts_with("gh_")).unwrap().trim().to_owned();
-    let digest = text.lines().find_map(|l| l.split("api_key_sha256: \"").nth(1)).unwrap().trim_end_matches('"').to_owned();
+    let digest =
+        text.lines().find_map(|l| l.split("api_key_sha256: \"").nth(1)).unwrap().trim_end_matches('"').to_owned();
     (key, digest)
 }
 
@@ -408,7 +412,12 @@ routes:
     // A JWT whose subject maps to a consumer in an allowed group; forged consumer headers are dropped.
     let token = format!("Bearer {}", key.sign(&json!({"sub": "svc-billing", "exp": now() + 60})).unwrap());
     let svc = client
-        .request("GET", "/partners/x", &[("authorization", &token), ("x-consumer-name", "partner-a"), ("x-consumer-groups", "admins")], "")
+        .request(
+            "GET",
+            "/partners/x",
+            &[("authorization", &token), ("x-consumer-name", "partner-a"), ("x-consumer-groups", "admins")],
+            "",
+        )
         .await;
     assert_eq!(svc.status, 200);
     let seen = app.seen();
