@@ -88,8 +88,9 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let listeners: Vec<_> = snap
         .listeners
         .iter()
-        .map(|l| {
-            let entries: Vec<_> = crate::route::describe::entries(&l.table, &snap)
+        .enumerate()
+        .map(|(i, l)| {
+            let entries: Vec<_> = crate::route::describe::entries(&l.table, &snap, i)
                 .into_iter()
                 .map(|e| serde_json::to_value(e).unwrap_or_default())
                 .collect();

@@ -35,9 +35,9 @@ pub fn routes(path: &Path, listener: Option<&str>) -> anyhow::Result<ExitCode> {
 /// The routing table of each listener, in precedence order.
 pub fn routes_text(snap: &Snapshot, only: Option<&str>) -> String {
     let mut out = String::new();
-    for l in snap.listeners.iter().filter(|l| only.is_none_or(|n| n == &*l.name)) {
+    for (index, l) in snap.listeners.iter().enumerate().filter(|(_, l)| only.is_none_or(|n| n == &*l.name)) {
         let _ = writeln!(out, "listener {} ({}), in precedence order:", l.name, l.address);
-        let rows: Vec<[String; 7]> = describe::entries(&l.table, snap)
+        let rows: Vec<[String; 7]> = describe::entries(&l.table, snap, index)
             .into_iter()
             .map(|e| {
                 let mut matchers: Vec<String> = e.headers.iter().map(|h| format!("header {h}")).collect();
@@ -118,10 +118,15 @@ pub fn explain_request(
     url: &str,
     header_args: &[String],
 ) -> anyhow::Result<String> {
-    let listener = match listener {
-        Some(name) => snap.listener_by_name(name).ok_or_else(|| anyhow::anyhow!("no listener is named \"{name}\""))?,
-        None => snap.listeners.first().ok_or_else(|| anyhow::anyhow!("the config has no listeners"))?,
+    let index = match listener {
+        Some(name) => snap
+            .listeners
+            .iter()
+            .position(|l| &*l.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no listener is named \"{name}\""))?,
+        None => 0,
     };
+    let listener = snap.listeners.get(index).ok_or_else(|| anyhow::anyhow!("the config has no listeners"))?;
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| anyhow::anyhow!("\"{method}\" is not an HTTP method"))?;
     let uri: Uri = url.parse().map_err(|_| anyhow::anyhow!("\"{url}\" is not a URL or path"))?;
@@ -189,15 +194,15 @@ pub fn explain_request(
             if !params.is_empty() {
                 let _ = writeln!(out, "  params      {}", params.join(", "));
             }
-            let policies = route.policies.names_in_order();
+            let policies = route.policies(index).names_in_order();
             let _ = writeln!(
                 out,
                 "  policies    {}",
                 if policies.is_empty() { "none".to_owned() } else { policies.join(" -> ") }
             );
             match &route.upstream {
-                _ if route.policies.responds() => {
-                    let what = if route.policies.redirect.is_some() { "redirect" } else { "direct_response" };
+                _ if route.policies(index).responds() => {
+                    let what = if route.policies(index).redirect.is_some() { "redirect" } else { "direct_response" };
                     let _ = writeln!(out, "  answer      by the gateway itself ({what}); no upstream is called");
                 }
                 Some(upstream) => {

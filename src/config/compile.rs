@@ -77,8 +77,20 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
+    // Each listener's policies over the global ones: the base of every route on that listener.
+    let scopes: Vec<RoutePolicies> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            merge(
+                &global,
+                policies(&l.policies, &format!("listeners[{i}].policies"), ctx.registry, &consumers, &mut problems),
+            )
+        })
+        .collect();
     let (routes, specs) =
-        routes(config, ctx.registry, &consumers, &server.path, &upstreams, &global, &listeners, &mut problems);
+        routes(config, ctx.registry, &consumers, &server.path, &upstreams, &scopes, &listeners, &mut problems);
 
     let access_log = if config.access_log.enabled && !ctx.dry_run {
         match AccessLogWriter::open(&config.access_log.path) {
@@ -431,7 +443,8 @@ fn policies(
     out
 }
 
-/// A route's policies over the global ones: the route's policy of a kind replaces the global one.
+/// More specific policies over less specific ones (a route's over its listener's over the global
+/// ones): a policy of a kind replaces the one of the same kind below it.
 fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
     RoutePolicies {
         ip_restriction: route.ip_restriction.or_else(|| global.ip_restriction.clone()),
@@ -458,7 +471,7 @@ fn routes(
     consumers: &Arc<ConsumerIndex>,
     path_options: &PathOptions,
     upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
-    global: &RoutePolicies,
+    scopes: &[RoutePolicies],
     listeners: &[(Arc<str>, SocketAddr)],
     problems: &mut Problems,
 ) -> (Vec<Route>, RouteSpecs) {
@@ -494,16 +507,43 @@ fn routes(
         if own.redirect.is_some() && own.direct_response.is_some() {
             problems.add(format!("{base}.policies"), "a route answers with a redirect or a direct_response, not both");
         }
-        let route_policies = merge(global, own);
-        if route_policies.authorize.is_some() && route_policies.jwt.is_none() {
-            problems
-                .add(format!("{base}.policies"), "authorize needs a jwt policy on the route or in the global policies");
-        }
-        if route_policies.acl.is_some() && route_policies.jwt.is_none() && route_policies.api_key.is_none() {
-            problems.add(
+        // The route's policies on each listener it serves; the checks hold on every one of them.
+        let mut route_policies = Vec::with_capacity(scopes.len());
+        let mut seen = HashSet::new();
+        for (li, scope) in scopes.iter().enumerate() {
+            let on_listener =
+                on.as_ref().is_none_or(|names| listeners.get(li).is_some_and(|(n, _)| names.contains(&**n)));
+            if !on_listener {
+                route_policies.push(RoutePolicies::default());
+                continue;
+            }
+            let effective = merge(scope, own.clone());
+            let mut check = |ok: bool, path: String, message: &str| {
+                if !ok && seen.insert((path.clone(), message.to_owned())) {
+                    problems.add(path, message);
+                }
+            };
+            check(
+                effective.authorize.is_none() || effective.jwt.is_some(),
                 format!("{base}.policies"),
-                "acl needs an authentication policy (api_key or jwt) on the route or in the global policies",
+                "authorize needs a jwt policy on the route, its listener or in the global policies",
             );
+            check(
+                effective.acl.is_none() || effective.jwt.is_some() || effective.api_key.is_some(),
+                format!("{base}.policies"),
+                "acl needs an authentication policy (api_key or jwt) on the route, its listener or in the global policies",
+            );
+            check(
+                r.upstream.is_some() || effective.responds(),
+                base.clone(),
+                "a route needs an upstream, or a direct_response or redirect policy to answer by itself",
+            );
+            if let (Some(redirect), Some(spec)) = (&effective.redirect, &spec) {
+                if let Err(message) = redirect.template().check_against(&spec.paths) {
+                    check(false, format!("{base}.policies"), &format!("redirect location: {message}"));
+                }
+            }
+            route_policies.push(effective);
         }
 
         let upstream = match &r.upstream {
@@ -518,15 +558,7 @@ fn routes(
                     None
                 }
             },
-            None => {
-                if !route_policies.responds() {
-                    problems.add(
-                        base.clone(),
-                        "a route needs an upstream, or a direct_response or redirect policy to answer by itself",
-                    );
-                }
-                None
-            }
+            None => None,
         };
 
         let rewrite = match (&r.strip_prefix, &r.rewrite) {
@@ -573,11 +605,6 @@ fn routes(
             },
             (None, None) => PathRewrite::None,
         };
-        if let (Some(redirect), Some(spec)) = (&route_policies.redirect, &spec) {
-            if let Err(message) = redirect.template().check_against(&spec.paths) {
-                problems.add(format!("{base}.policies"), format!("redirect location: {message}"));
-            }
-        }
 
         let host = match (r.preserve_host, &r.host_rewrite) {
             (true, Some(_)) => {

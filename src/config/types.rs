@@ -323,6 +323,10 @@ pub struct ListenerConfig {
     pub name: String,
     /// `ip:port`, e.g. `0.0.0.0:8080` or `[::]:8080`.
     pub address: String,
+    /// Policies for every route on this listener: they replace global policies of the same kind,
+    /// and a route's own replace them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyConfig>,
 }
 
 // === upstreams ===

@@ -150,7 +150,9 @@ impl Exchange<'_> {
         };
         let mut found = listener.table.find(&view);
         let mut preflight = announced.as_ref();
-        if preflight.is_some() && !matches!(&found, Lookup::Matched(m) if snap.route(m.route).policies.cors.is_some()) {
+        if preflight.is_some()
+            && !matches!(&found, Lookup::Matched(m) if snap.route(m.route).policies(self.conn.listener).cors.is_some())
+        {
             preflight = None;
             view.method = &parts.method;
             found = listener.table.find(&view);
@@ -169,10 +171,11 @@ impl Exchange<'_> {
             }
         };
         let route = snap.route(route_match.route);
+        let policies = route.policies(self.conn.listener);
         let spec = listener.table.spec(route_match.route);
         self.log.set_route(&route.name);
 
-        if let (Some(cors), None) = (&route.policies.cors, &preflight) {
+        if let (Some(cors), None) = (&policies.cors, &preflight) {
             if let Some(origin) = parts.headers.get(header::ORIGIN) {
                 self.cors = Some((cors.clone(), origin.clone()));
             }
@@ -188,13 +191,13 @@ impl Exchange<'_> {
             preflight: preflight.map(|(origin, method)| (origin, method)),
         };
         let mut state = RequestState::default();
-        let outcome = policy::apply_request_policies(&route.policies, &mut parts.headers, &facts, &mut state).await;
+        let outcome = policy::apply_request_policies(policies, &mut parts.headers, &facts, &mut state).await;
         if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
             self.log.set_consumer(&consumer.name);
         }
         let outcome = outcome?;
         if let PolicyOutcome::Respond(mut response) = outcome {
-            policy::apply_response_policies(&route.policies, response.headers_mut());
+            policy::apply_response_policies(policies, response.headers_mut());
             response.headers_mut().insert(server.request_id_header.clone(), request_id);
             return Ok(*response);
         }
@@ -263,7 +266,7 @@ impl Exchange<'_> {
         // 8. Response policies.
         let (mut parts, body) = response.into_parts();
         headers::strip_response_hop_by_hop(&mut parts.headers);
-        policy::apply_response_policies(&route.policies, &mut parts.headers);
+        policy::apply_response_policies(policies, &mut parts.headers);
         parts.headers.insert(server.request_id_header.clone(), request_id);
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
     }

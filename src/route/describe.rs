@@ -24,7 +24,8 @@ pub struct RouteEntry {
     pub policies: Vec<&'static str>,
 }
 
-pub fn entries(table: &RouteTable, snap: &Snapshot) -> Vec<RouteEntry> {
+/// The entries of the table of listener `listener`.
+pub fn entries(table: &RouteTable, snap: &Snapshot, listener: usize) -> Vec<RouteEntry> {
     table
         .entries()
         .map(|e| {
@@ -41,7 +42,7 @@ pub fn entries(table: &RouteTable, snap: &Snapshot) -> Vec<RouteEntry> {
                 query: spec.query.iter().map(|q| format!("{} {}", q.name, q.kind)).collect(),
                 upstream: route.upstream.as_ref().map(|u| u.name.to_string()),
                 rewrite: describe_rewrite(&route.rewrite),
-                policies: route.policies.names_in_order(),
+                policies: route.policies(listener).names_in_order(),
             }
         })
         .collect()

@@ -108,7 +108,17 @@ pub struct Route {
     pub rewrite: PathRewrite,
     pub host: UpstreamHost,
     pub timeout: Option<Duration>,
-    pub policies: RoutePolicies,
+    /// The route's policies on each listener (indexed by listener id): global, listener and route
+    /// policies merged.
+    pub policies: Vec<RoutePolicies>,
+}
+
+impl Route {
+    /// The route's policies on listener `listener`.
+    pub fn policies(&self, listener: usize) -> &RoutePolicies {
+        static NONE: std::sync::OnceLock<RoutePolicies> = std::sync::OnceLock::new();
+        self.policies.get(listener).unwrap_or_else(|| NONE.get_or_init(RoutePolicies::default))
+    }
 }
 
 /// The Host header sent upstream.

@@ -431,3 +431,46 @@ routes:
     assert_eq!(client.request("GET", "/partners/x", &[], "").await.status, 401);
     assert_eq!(app.requests(), 3);
 }
+
+#[tokio::test]
+async fn policies_attach_globally_per_listener_and_per_route() {
+    let key = TokenSigner::generate("ES256", Some("k")).unwrap();
+    let jwks = Jwks::start(&[&key]);
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    policies: [{{ jwt: {{ jwks_url: "{jwks}" }} }}]
+  - name: internal
+    address: "127.0.0.1:0"
+policies:
+  - response_headers: {{ set: {{ x-scope: global }} }}
+upstreams:
+  app: {{ endpoints: ["{app}"] }}
+routes:
+  - {{ name: api, match: {{ path: "/api/**" }}, upstream: app }}
+  - name: status
+    match: {{ path: /status }}
+    policies: [{{ direct_response: {{ status: 200, body: up }} }}, {{ response_headers: {{ set: {{ x-scope: route }} }} }}]
+"#,
+        jwks = jwks.url(),
+        app = app.url()
+    ));
+    let public = gw.listener("public");
+    let internal = gw.listener("internal");
+    // The public listener's jwt policy covers its routes; the internal listener has none.
+    assert_eq!(crate::common::get(public, "/api/x").await.status, 401);
+    let open = crate::common::get(internal, "/api/x").await;
+    assert_eq!(open.status, 200);
+    assert_eq!(open.header("x-scope"), Some("global"));
+    let mut client = Client::connect(public).await;
+    let token = format!("Bearer {}", key.sign(&claims("alice")).unwrap());
+    assert_eq!(client.request("GET", "/api/x", &[("authorization", &token)], "").await.status, 200);
+    // The listener's jwt applies to the direct response too; the route's own response_headers
+    // replaces the global one.
+    assert_eq!(crate::common::get(public, "/status").await.status, 401);
+    let status = crate::common::get(internal, "/status").await;
+    assert_eq!(status.text(), "up");
+    assert_eq!(status.header("x-scope"), Some("route"));
+}
