@@ -15,8 +15,8 @@ use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
 use crate::policy::{
-    AclPolicy, ApiKeyPolicy, AuthorizePolicy, ConsumerIndex, CorsPolicy, DirectResponse, HeaderFilter, IpRestriction,
-    JwtPolicy, Redirect, RoutePolicies,
+    AclPolicy, ApiKeyPolicy, AuthorizePolicy, ConsumerIndex, CorsPolicy, DirectResponse, ForwardAuthPolicy,
+    HeaderFilter, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -299,17 +299,13 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
                         problems.add(path, format!("endpoint {key} is listed twice"));
                         continue;
                     }
-                    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
-                    let authority =
-                        HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-                    endpoints.push(Arc::new(Endpoint {
-                        url: Arc::from(e.url()),
-                        host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
+                    endpoints.push(Arc::new(Endpoint::new(
+                        e.url(),
+                        &host,
                         port,
-                        authority,
-                        weight: e.weight().max(1),
-                        state: registry.endpoint(&key),
-                    }));
+                        e.weight().max(1),
+                        registry.endpoint(&key),
+                    )));
                 }
                 Err(message) => problems.add(path, message),
             }
@@ -354,25 +350,11 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
 
 /// `http://host[:port]` → (host, port). Bracketed IPv6 hosts keep their brackets.
 fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL such as http://10.0.0.1:8080"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("\"{url}\": https endpoints are not supported yet; use http://")),
-        Some(other) => return Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http://")),
-        None => return Err(format!("\"{url}\" needs a scheme, e.g. http://{url}")),
-    }
-    let authority = uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("\"{url}\": credentials in endpoint URLs are not supported"));
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+    let parsed = crate::upstream::HttpUrl::parse(url)?;
+    if parsed.path_and_query.is_some() {
         return Err(format!("\"{url}\": an endpoint URL cannot have a path or query; use a route's rewrite"));
     }
-    let host = authority.host().to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(format!("\"{url}\" has no host"));
-    }
-    Ok((host, authority.port_u16().unwrap_or(80)))
+    Ok((parsed.host, parsed.port))
 }
 
 // === policies ===
@@ -418,6 +400,10 @@ fn policies(
                 Ok(p) => out.jwt = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::ForwardAuth(c) => match ForwardAuthPolicy::compile(c, registry) {
+                Ok(p) => out.forward_auth = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::Authorize(c) => match AuthorizePolicy::compile(c) {
                 Ok(p) => out.authorize = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -451,6 +437,7 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         cors: route.cors.or_else(|| global.cors.clone()),
         jwt: route.jwt.or_else(|| global.jwt.clone()),
         api_key: route.api_key.or_else(|| global.api_key.clone()),
+        forward_auth: route.forward_auth.or_else(|| global.forward_auth.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
         acl: route.acl.or_else(|| global.acl.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),

@@ -23,6 +23,8 @@ pub enum PolicyConfig {
     Jwt(Box<JwtConfig>),
     /// Recognise the caller by an API key.
     ApiKey(ApiKeyConfig),
+    /// Ask an authorization service whether to let the request through.
+    ForwardAuth(ForwardAuthConfig),
     /// Require roles, scopes or claim values of the authenticated caller.
     Authorize(AuthorizeConfig),
     /// Allow or deny by the consumer's groups.
@@ -45,6 +47,7 @@ impl PolicyConfig {
             PolicyConfig::Cors(_) => "cors",
             PolicyConfig::Jwt(_) => "jwt",
             PolicyConfig::ApiKey(_) => "api_key",
+            PolicyConfig::ForwardAuth(_) => "forward_auth",
             PolicyConfig::Authorize(_) => "authorize",
             PolicyConfig::Acl(_) => "acl",
             PolicyConfig::RequestHeaders(_) => "request_headers",
@@ -296,4 +299,47 @@ pub struct AclConfig {
     /// A consumer in any of these groups is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+}
+
+/// `forward_auth`: an authorization service decides (external authorization).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// The service's URL (http for now); gatehouse sends it a `GET` for each request to decide.
+    pub url: String,
+    /// Request headers passed to the service. Default: every end-to-end header of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_headers: Option<Vec<String>>,
+    /// Headers of the service's 2xx answer copied into the upstream request (the same headers sent
+    /// by the client are removed first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_headers: Vec<String>,
+    /// How long to wait for the service. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationValue>,
+    /// When the service cannot be reached or fails (5xx): `deny` (503, the default) or `allow`.
+    #[serde(default)]
+    pub on_failure: FailureMode,
+    /// Remember allow decisions for a while, by the values of the given request headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<DecisionCacheConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCacheConfig {
+    /// How long a decision is reused.
+    pub ttl: DurationValue,
+    /// The request headers whose values identify the caller (e.g. `authorization`): requests with
+    /// equal values share a decision; a request without them is not cached. Add `:method`, `:path`
+    /// or `:host` when the service's answer depends on them.
+    pub key: Vec<String>,
 }

@@ -10,9 +10,11 @@
 pub mod acl;
 pub mod api_key;
 pub mod authorize;
+pub mod cache;
 pub mod consumers;
 pub mod cors;
 pub mod direct;
+pub mod forward_auth;
 pub mod headers;
 pub mod identity;
 pub mod ip;
@@ -31,6 +33,7 @@ pub use authorize::AuthorizePolicy;
 pub use consumers::{Consumer, ConsumerIndex};
 pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
+pub use forward_auth::ForwardAuthPolicy;
 pub use headers::HeaderFilter;
 pub use identity::Identity;
 pub use ip::IpRestriction;
@@ -43,6 +46,7 @@ pub struct RoutePolicies {
     pub cors: Option<Arc<CorsPolicy>>,
     pub jwt: Option<Arc<JwtPolicy>>,
     pub api_key: Option<Arc<ApiKeyPolicy>>,
+    pub forward_auth: Option<Arc<ForwardAuthPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
     pub acl: Option<Arc<AclPolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
@@ -66,6 +70,9 @@ impl RoutePolicies {
         }
         if self.api_key.is_some() {
             names.push("api_key");
+        }
+        if self.forward_auth.is_some() {
+            names.push("forward_auth");
         }
         if self.authorize.is_some() {
             names.push("authorize");
@@ -108,8 +115,15 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     pub route_match: &'a crate::route::RouteMatch,
     pub spec: &'a crate::route::RouteSpec,
+    pub method: &'a http::Method,
+    /// The request's Host (or HTTP/2 authority), as the client sent it.
+    pub host: Option<&'a http::HeaderValue>,
+    /// `http` or `https`: how the client reached gatehouse.
+    pub scheme: &'static str,
     /// The client's address, resolved through trusted proxies.
     pub client: std::net::IpAddr,
+    /// The request id header and this request's id.
+    pub request_id: (&'a http::HeaderName, &'a http::HeaderValue),
     /// For a CORS preflight: the request's `Origin` and the method it announces.
     pub preflight: Option<(&'a http::HeaderValue, &'a http::Method)>,
 }
@@ -130,13 +144,15 @@ pub struct RequestState {
 /// 3. `api_key` or `jwt` (authentication): establishes who the caller is, and which consumer; the
 ///    identity headers a client sent were removed before (consumer headers by the proxy, claim
 ///    headers by `jwt`), so nothing later sees a forged identity.
-/// 4. `authorize`, `acl`: need the identity from 3.
-/// 5. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
+/// 4. `forward_auth`: the authorization service sees the request as authenticated by 3 (with the
+///    headers 3 set), and its verdict comes before the local authorization rules.
+/// 5. `authorize`, `acl`: need the identity from 3.
+/// 6. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
 ///    that unauthenticated floods are refused before they consume anyone's quota.
-/// 6. request filters (`request_headers`): after authentication, so a filter cannot forge what
+/// 7. request filters (`request_headers`): after authentication, so a filter cannot forge what
 ///    authentication checks, and before answering locally, so a `direct_response` sees the same
 ///    request an upstream would.
-/// 7. `redirect`, then `direct_response`: they end the request, so they run last — answering
+/// 8. `redirect`, then `direct_response`: they end the request, so they run last — answering
 ///    locally never bypasses authentication or authorization.
 pub async fn apply_request_policies(
     policies: &RoutePolicies,
@@ -165,6 +181,11 @@ pub async fn apply_request_policies(
         headers.insert(consumers::CONSUMER_NAME.clone(), consumer.name_value.clone());
         if let Some(groups) = &consumer.groups_value {
             headers.insert(consumers::CONSUMER_GROUPS.clone(), groups.clone());
+        }
+    }
+    if let Some(forward_auth) = &policies.forward_auth {
+        if let PolicyOutcome::Respond(denied) = forward_auth.check(headers, facts).await? {
+            return Ok(PolicyOutcome::Respond(denied));
         }
     }
     if let Some(authorize) = &policies.authorize {

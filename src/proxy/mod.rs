@@ -187,7 +187,11 @@ impl Exchange<'_> {
             query: parts.uri.query(),
             route_match: &route_match,
             spec,
+            method: &parts.method,
+            host: original_host.as_ref(),
+            scheme: self.conn.scheme,
             client,
+            request_id: (&server.request_id_header, &request_id),
             preflight: preflight.map(|(origin, method)| (origin, method)),
         };
         let mut state = RequestState::default();

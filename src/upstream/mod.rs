@@ -53,12 +53,58 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint at `host` (IPv6 in brackets) and `port`; `url` is kept for logs.
+    pub fn new(url: &str, host: &str, port: u16, weight: u32, state: Arc<EndpointState>) -> Endpoint {
+        let authority = if port == 80 { host.to_owned() } else { format!("{host}:{port}") };
+        Endpoint {
+            url: Arc::from(url),
+            host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
+            port,
+            authority: HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            weight,
+            state,
+        }
+    }
+
     /// The socket addresses to try, from the literal IP or the (cached) DNS answer.
     pub async fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, self.port)]);
         }
         self.state.resolve(&self.host, self.port).await
+    }
+}
+
+/// An `http://` URL taken apart, as the config names upstream services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Lowercase; bracketed IPv6 hosts keep their brackets.
+    pub host: String,
+    pub port: u16,
+    /// None for an empty path or `/` without a query.
+    pub path_and_query: Option<http::uri::PathAndQuery>,
+}
+
+impl HttpUrl {
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL such as http://10.0.0.1:8080"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => return Err(format!("\"{url}\": https is not supported yet; use http://")),
+            Some(other) => return Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http://")),
+            None => return Err(format!("\"{url}\" needs a scheme, e.g. http://{url}")),
+        }
+        let authority = uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("\"{url}\": credentials in URLs are not supported"));
+        }
+        let host = authority.host().to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(format!("\"{url}\" has no host"));
+        }
+        let path_and_query =
+            uri.path_and_query().filter(|pq| !(matches!(pq.path(), "" | "/") && pq.query().is_none())).cloned();
+        Ok(HttpUrl { host, port: authority.port_u16().unwrap_or(80), path_and_query })
     }
 }
 

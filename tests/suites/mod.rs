@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod config;
 mod demo;
+mod forward_auth;
 mod hostile;
 mod proxy;
 mod reload;

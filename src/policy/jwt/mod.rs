@@ -7,7 +7,6 @@
 //! `iss`, `aud`, required claims. The claims become the request's `Identity`; configured claims are
 //! forwarded upstream as headers, after removing any headers of those names the client sent.
 
-pub mod cache;
 pub mod crypto;
 pub mod keys;
 pub mod sign;
@@ -26,6 +25,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::{JwtConfig, TokenSourceConfig};
+use crate::policy::cache::LocalCache;
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
 
@@ -37,6 +37,13 @@ use keys::{JwksSource, KeySet};
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// A token is tried against at most this many keys (a JWKS without `kid`s).
 const MAX_KEYS_TRIED: usize = 8;
+
+thread_local! {
+    /// Tokens verified by this worker, until they expire (Unix seconds): a client presenting the
+    /// same token again costs a lookup instead of a signature check, which costs more than proxying
+    /// the request. Keyed by the whole token, under the policy's settings and the keys' generation.
+    static VERIFIED: std::cell::RefCell<LocalCache<Identity>> = std::cell::RefCell::new(LocalCache::new(8192));
+}
 
 enum Keys {
     Static(Arc<KeySet>),
@@ -289,7 +296,7 @@ impl JwtPolicy {
                 .ok_or_else(|| ProxyError::AuthUnavailable("the token's signing keys could not be fetched".into()))?,
         };
         let now = unix_now();
-        if let Some(identity) = cache::get(self.scope, keys.generation, token, now) {
+        if let Some(identity) = VERIFIED.with(|c| c.borrow().get(self.scope, keys.generation, token.as_bytes(), now)) {
             return Ok(identity);
         }
         let header = jsonwebtoken::decode_header(token)
@@ -316,7 +323,10 @@ impl JwtPolicy {
                     }
                     let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
                     let identity = Identity::of_claims(claims);
-                    cache::put(self.scope, keys.generation, token, expires + self.leeway, identity.clone());
+                    VERIFIED.with(|c| {
+                        let expires = expires + self.leeway;
+                        c.borrow_mut().put(self.scope, keys.generation, token.as_bytes(), expires, identity.clone());
+                    });
                     return Ok(identity);
                 }
                 Err(e) => {

@@ -1,0 +1,92 @@
+//! Per-worker caches of policy decisions: verified tokens (`jwt`), answers of an authorization
+//! service (`forward_auth`). A hit costs a hash lookup instead of a signature check or a network
+//! round trip.
+//!
+//! Each worker thread owns its caches (a `thread_local!` per use), so a lookup is never contended.
+//! An entry holds its whole key and is only used when the key matches byte for byte, under the same
+//! scope (policy settings) and generation (e.g. of signing keys), before it expires: a hash
+//! collision cannot pass a request, and a rotation invalidates what came before.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+
+/// A bounded map of expiring entries; beyond `capacity`, an arbitrary entry makes room.
+pub struct LocalCache<V> {
+    capacity: usize,
+    hasher: RandomState,
+    entries: HashMap<u64, Entry<V>>,
+}
+
+struct Entry<V> {
+    scope: u64,
+    generation: u64,
+    key: Box<[u8]>,
+    expires: u64,
+    value: V,
+}
+
+impl<V: Clone> LocalCache<V> {
+    pub fn new(capacity: usize) -> Self {
+        LocalCache { capacity, hasher: RandomState::new(), entries: HashMap::new() }
+    }
+
+    fn slot(&self, scope: u64, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        scope.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// The value stored for `key` under the same `scope` and `generation`, unless it expired
+    /// (`now` and expiry times are in the caller's unit).
+    pub fn get(&self, scope: u64, generation: u64, key: &[u8], now: u64) -> Option<V> {
+        let entry = self.entries.get(&self.slot(scope, key))?;
+        let valid = entry.scope == scope && entry.generation == generation && *entry.key == *key && now < entry.expires;
+        valid.then(|| entry.value.clone())
+    }
+
+    /// Remembers `value` for `key` until `expires`.
+    pub fn put(&mut self, scope: u64, generation: u64, key: &[u8], expires: u64, value: V) {
+        let slot = self.slot(scope, key);
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&slot) {
+            if let Some(victim) = self.entries.keys().next().copied() {
+                self.entries.remove(&victim);
+            }
+        }
+        self.entries.insert(slot, Entry { scope, generation, key: key.into(), expires, value });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_only_for_the_same_key_scope_generation_and_before_expiry() {
+        let mut cache = LocalCache::new(16);
+        cache.put(1, 7, b"tok-a", 100, "a");
+        assert_eq!(cache.get(1, 7, b"tok-a", 99), Some("a"));
+        assert_eq!(cache.get(1, 7, b"tok-a", 100), None, "expired");
+        assert_eq!(cache.get(2, 7, b"tok-a", 50), None, "other policy");
+        assert_eq!(cache.get(1, 8, b"tok-a", 50), None, "keys rotated");
+        assert_eq!(cache.get(1, 7, b"tok-b", 50), None);
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = LocalCache::new(64);
+        for i in 0..200u32 {
+            cache.put(9, 1, &i.to_be_bytes(), u64::MAX, i);
+        }
+        assert!(cache.len() <= 64);
+        assert_eq!(cache.get(9, 1, &199u32.to_be_bytes(), 0), Some(199), "the newest entry is kept");
+    }
+}
