@@ -11,7 +11,7 @@ use crate::proxy::error::ProxyError;
 
 use super::consumers::{ConsumerIndex, KeyRejection};
 use super::identity::Identity;
-use super::jwt::QueryEdit;
+use super::token::QueryEdit;
 
 enum Source {
     Header(HeaderName),

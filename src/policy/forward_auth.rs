@@ -24,9 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 
 use crate::config::{FailureMode, ForwardAuthConfig};
 use crate::proxy::body::{ProxyBody, UpstreamBody};
@@ -34,9 +32,9 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::headers::strip_response_hop_by_hop;
 use crate::state::registry::Registry;
 use crate::transport::clock;
-use crate::upstream::{Balancer, Endpoint, HttpUrl, PoolSettings, Upstream, client};
 
 use super::cache::LocalCache;
+use super::service::Service;
 use super::{PolicyOutcome, RequestFacts};
 
 /// The largest answer body read from the service.
@@ -60,13 +58,10 @@ thread_local! {
 }
 
 pub struct ForwardAuthPolicy {
-    /// The service as a one-endpoint upstream: its connections are pooled like any upstream's.
-    service: Upstream,
-    target: Uri,
+    service: Service,
     /// None: every end-to-end header of the request.
     forward: Option<Vec<HeaderName>>,
     upstream_headers: Vec<HeaderName>,
-    timeout: Duration,
     on_failure: FailureMode,
     cache: Option<DecisionCache>,
 }
@@ -96,7 +91,13 @@ impl ForwardAuthPolicy {
         registry: &Registry,
     ) -> Result<ForwardAuthPolicy, Vec<(String, String)>> {
         let mut errors = Vec::new();
-        let url = HttpUrl::parse(&config.url).map_err(|e| errors.push(("url".to_owned(), e))).ok();
+        let timeout = config.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get());
+        if timeout < Duration::from_millis(1) {
+            errors.push(("timeout".to_owned(), "must be at least 1ms".to_owned()));
+        }
+        let service = Service::new("forward_auth", &config.url, timeout, registry)
+            .map_err(|e| errors.push(("url".to_owned(), e)))
+            .ok();
         let mut names = |field: &str, list: &[String]| -> Vec<HeaderName> {
             let mut out = Vec::new();
             for (i, name) in list.iter().enumerate() {
@@ -142,34 +143,11 @@ impl ForwardAuthPolicy {
             format!("{config:?}").hash(&mut h);
             DecisionCache { ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64, key, scope: h.finish() }
         });
-        let timeout = config.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get());
-        if timeout < Duration::from_millis(1) {
-            errors.push(("timeout".to_owned(), "must be at least 1ms".to_owned()));
-        }
-        let Some(url) = url else { return Err(errors) };
+        let Some(service) = service else { return Err(errors) };
         if !errors.is_empty() {
             return Err(errors);
         }
-        let key = format!("forward_auth:http://{}:{}", url.host, url.port);
-        let endpoint = Endpoint::new(&config.url, &url.host, url.port, 1, registry.endpoint(&key));
-        let target = Uri::from(url.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-        let service = Upstream {
-            name: Arc::from("forward_auth"),
-            endpoints: vec![Arc::new(endpoint)],
-            balancer: Balancer::random(&[1]),
-            connect_timeout: timeout,
-            response_header_timeout: timeout,
-            pool: PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) },
-        };
-        Ok(ForwardAuthPolicy {
-            service,
-            target,
-            forward,
-            upstream_headers,
-            timeout,
-            on_failure: config.on_failure,
-            cache,
-        })
+        Ok(ForwardAuthPolicy { service, forward, upstream_headers, on_failure: config.on_failure, cache })
     }
 
     /// Asks the service about this request (or remembers its answer), and either lets the request
@@ -184,10 +162,9 @@ impl ForwardAuthPolicy {
             }
         }
         let request = self.request(headers, facts);
-        let answer = match tokio::time::timeout(self.timeout, self.ask(request)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(reason)) => return self.failed(headers, &reason),
-            Err(_) => return self.failed(headers, &format!("no answer within {:?}", self.timeout)),
+        let answer = match self.ask(request).await {
+            Ok(answer) => answer,
+            Err(reason) => return self.failed(headers, &reason),
         };
         match answer {
             Answer::Allow(grant) => {
@@ -230,8 +207,8 @@ impl ForwardAuthPolicy {
         for name in [&X_FORWARDED_METHOD, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_FORWARDED_URI, &X_FORWARDED_FOR] {
             out.remove(name);
         }
-        // The service's own Host; what the client asked for goes as X-Forwarded-Host.
-        out.insert(header::HOST, self.service.endpoints[0].authority.clone());
+        // The service's own Host (set by `Service::request`); the client's goes as X-Forwarded-Host.
+        out.remove(header::HOST);
         out.insert(X_FORWARDED_METHOD.clone(), method_value(facts.method));
         out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(facts.scheme));
         if let Some(host) = facts.host {
@@ -248,28 +225,16 @@ impl ForwardAuthPolicy {
         if let Ok(client) = HeaderValue::from_str(&facts.client.to_string()) {
             out.insert(X_FORWARDED_FOR.clone(), client);
         }
-        let mut request = Request::new(UpstreamBody::Empty);
-        *request.uri_mut() = self.target.clone();
-        *request.headers_mut() = out;
+        let mut request = self.service.request(UpstreamBody::Empty);
+        request.headers_mut().extend(out);
         request
     }
 
     /// One exchange with the service; `Err` is a failure (not a decision).
     async fn ask(&self, request: Request<UpstreamBody>) -> Result<Answer, String> {
-        let endpoint = &self.service.endpoints[0];
-        let (response, checkout) = client::send(&self.service, endpoint, request).await.map_err(|e| e.to_string())?;
-        let (mut parts, body) = response.into_parts();
+        let super::service::Answer { mut parts, body } = self.service.call(request, MAX_ANSWER_BYTES).await?;
         if parts.status.is_server_error() || parts.status.is_informational() {
             return Err(format!("the service answered {}", parts.status));
-        }
-        let body = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
-            Ok(collected) => Some(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => None,
-            Err(e) => return Err(format!("reading the answer failed: {e}")),
-        };
-        if body.is_some() {
-            // Read to the end: the connection can serve the next decision.
-            checkout.release();
         }
         if parts.status.is_success() {
             let mut grant = Vec::new();
@@ -293,7 +258,7 @@ impl ForwardAuthPolicy {
 
     /// The service could not decide.
     fn failed(&self, headers: &mut HeaderMap, reason: &str) -> Result<PolicyOutcome, ProxyError> {
-        tracing::warn!(service = %self.service.endpoints[0].url, reason, "forward_auth: the authorization service failed");
+        tracing::warn!(service = self.service.url(), reason, "forward_auth: the authorization service failed");
         match self.on_failure {
             FailureMode::Deny => Err(ProxyError::AuthUnavailable("the authorization service is unavailable".into())),
             FailureMode::Allow => {
@@ -382,10 +347,10 @@ mod tests {
     #[test]
     fn the_target_is_the_urls_path_and_query() {
         let p = compile(&config("http://127.0.0.1:9000/verify?realm=api")).unwrap();
-        assert_eq!(p.target, "/verify?realm=api");
-        assert_eq!(p.service.endpoints[0].authority, "127.0.0.1:9000");
+        assert_eq!(p.service.target(), "/verify?realm=api");
+        assert_eq!(p.service.authority(), "127.0.0.1:9000");
         let p = compile(&config("http://auth")).unwrap();
-        assert_eq!(p.target, "/");
-        assert_eq!(p.service.endpoints[0].authority, "auth");
+        assert_eq!(p.service.target(), "/");
+        assert_eq!(p.service.authority(), "auth");
     }
 }

@@ -19,6 +19,8 @@ pub mod headers;
 pub mod identity;
 pub mod ip;
 pub mod jwt;
+pub mod service;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -37,7 +39,8 @@ pub use forward_auth::ForwardAuthPolicy;
 pub use headers::HeaderFilter;
 pub use identity::Identity;
 pub use ip::IpRestriction;
-pub use jwt::{JwtPolicy, QueryEdit};
+pub use jwt::JwtPolicy;
+pub use token::QueryEdit;
 
 /// The compiled policies of one route, one slot per kind.
 #[derive(Default, Clone)]

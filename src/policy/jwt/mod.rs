@@ -19,18 +19,19 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{JwtConfig, TokenSourceConfig};
+use crate::config::JwtConfig;
 use crate::policy::cache::LocalCache;
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
 
 use super::consumers::ConsumerIndex;
-use super::identity::{Identity, claim_header_value};
+use super::identity::Identity;
+use super::token::{ClaimHeaders, QueryEdit, TokenSources, strip};
 use keys::{JwksSource, KeySet};
 
 /// Tokens longer than this are refused before any parsing.
@@ -50,38 +51,17 @@ enum Keys {
     Remote(Arc<JwksSource>),
 }
 
-enum TokenSource {
-    Header { name: HeaderName, scheme: Option<String> },
-    Cookie(String),
-    Query(String),
-}
-
-/// Where the token was found (to strip it).
-enum Found {
-    Header(HeaderName),
-    Cookie(String),
-    Query(String),
-}
-
 pub struct JwtPolicy {
     keys: Keys,
     /// One validation per accepted algorithm (jsonwebtoken checks the header's `alg` against it).
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
-    sources: Vec<TokenSource>,
-    forward: Vec<(String, HeaderName)>,
+    sources: TokenSources,
+    claims: ClaimHeaders,
     strip: bool,
     optional: bool,
     /// Identifies these settings for the verified-token cache (stable across reloads).
     scope: u64,
-    /// Attaches the consumer whose `jwt_subject` is this claim's value.
-    consumer_claim: Option<(String, Arc<ConsumerIndex>)>,
-}
-
-/// What a policy changes in the request besides headers: a token removed from the query.
-#[derive(Default)]
-pub struct QueryEdit {
-    pub query: Option<Option<String>>,
 }
 
 impl JwtPolicy {
@@ -196,28 +176,9 @@ impl JwtPolicy {
             })
             .collect();
 
-        let mut sources = Vec::new();
-        for (i, source) in config.token_from.iter().enumerate() {
-            match source {
-                TokenSourceConfig::Header { name, scheme } => match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(name) => sources.push(TokenSource::Header { name, scheme: scheme.clone() }),
-                    Err(_) => errors
-                        .push((format!("token_from[{i}].header.name"), format!("\"{name}\" is not a header name"))),
-                },
-                TokenSourceConfig::Cookie(name) => sources.push(TokenSource::Cookie(name.clone())),
-                TokenSourceConfig::Query(name) => sources.push(TokenSource::Query(name.clone())),
-            }
-        }
-        if sources.is_empty() {
-            sources.push(TokenSource::Header { name: header::AUTHORIZATION, scheme: Some("Bearer".into()) });
-        }
-        let mut forward = Vec::new();
-        for (claim, name) in &config.forward_claims {
-            match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => forward.push((claim.clone(), h)),
-                Err(_) => errors.push((format!("forward_claims.{claim}"), format!("\"{name}\" is not a header name"))),
-            }
-        }
+        let sources = TokenSources::compile(&config.token_from, &mut errors);
+        let claims =
+            ClaimHeaders::compile(&config.forward_claims, config.consumer_claim.as_ref(), consumers, &mut errors);
         let scope = {
             let mut h = DefaultHasher::new();
             format!("{config:?}").hash(&mut h);
@@ -229,11 +190,10 @@ impl JwtPolicy {
                 validations,
                 leeway,
                 sources,
-                forward,
+                claims,
                 strip: config.strip_token,
                 optional: config.optional,
                 scope,
-                consumer_claim: config.consumer_claim.clone().map(|c| (c, consumers.clone())),
             }),
             _ => Err(errors),
         }
@@ -241,7 +201,7 @@ impl JwtPolicy {
 
     /// The headers this policy forwards (removed from client requests first).
     pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.forward.iter().map(|(_, h)| h)
+        self.claims.names()
     }
 
     /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
@@ -251,11 +211,8 @@ impl JwtPolicy {
         query: Option<&str>,
         edit: &mut QueryEdit,
     ) -> Result<Option<Identity>, ProxyError> {
-        // Identity headers are the gateway's to set: a client's own are never passed on.
-        for (_, name) in &self.forward {
-            headers.remove(name);
-        }
-        let Some((token, found)) = self.find_token(headers, query) else {
+        self.claims.remove_from(headers);
+        let Some((token, found)) = self.sources.find(headers, query) else {
             return if self.optional {
                 Ok(None)
             } else {
@@ -263,18 +220,10 @@ impl JwtPolicy {
             };
         };
         let mut identity = self.verify(&token).await?;
-        if let Some((claim, consumers)) = &self.consumer_claim {
-            identity.consumer =
-                identity.claim(claim).and_then(Value::as_str).and_then(|v| consumers.by_jwt_subject(v)).cloned();
-        }
         if self.strip {
             strip(headers, query, edit, &found);
         }
-        for (claim, name) in &self.forward {
-            if let Some(value) = identity.claim(claim).and_then(claim_header_value) {
-                headers.insert(name.clone(), value);
-            }
-        }
+        self.claims.apply(&mut identity, headers);
         Ok(Some(identity))
     }
 
@@ -348,86 +297,6 @@ impl JwtPolicy {
             }
         }
         Err(last)
-    }
-
-    fn find_token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, Found)> {
-        for source in &self.sources {
-            match source {
-                TokenSource::Header { name, scheme } => {
-                    let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
-                    let token = match scheme {
-                        Some(scheme) => {
-                            let (given, rest) = value.split_once(' ').unwrap_or((value, ""));
-                            if !given.eq_ignore_ascii_case(scheme) {
-                                continue;
-                            }
-                            rest.trim()
-                        }
-                        None => value.trim(),
-                    };
-                    if !token.is_empty() {
-                        return Some((token.to_owned(), Found::Header(name.clone())));
-                    }
-                }
-                TokenSource::Cookie(name) => {
-                    for value in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
-                        for pair in value.split(';') {
-                            if let Some((k, v)) = pair.trim().split_once('=') {
-                                if k == name && !v.is_empty() {
-                                    return Some((v.trim_matches('"').to_owned(), Found::Cookie(name.clone())));
-                                }
-                            }
-                        }
-                    }
-                }
-                TokenSource::Query(name) => {
-                    let Some(query) = query else { continue };
-                    for pair in query.split('&') {
-                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                        if k == name && !v.is_empty() {
-                            // Tokens are base64url: percent-encoding only appears if a client encoded
-                            // needlessly, and then the token is refused as malformed.
-                            return Some((v.to_owned(), Found::Query(name.clone())));
-                        }
-                    }
-                }
-            }
-        }
-        None
-    }
-}
-
-/// Removes the token from where it was found.
-fn strip(headers: &mut HeaderMap, query: Option<&str>, edit: &mut QueryEdit, found: &Found) {
-    match found {
-        Found::Header(name) => {
-            headers.remove(name);
-        }
-        Found::Cookie(name) => {
-            let kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
-                .map(str::to_owned)
-                .collect();
-            headers.remove(header::COOKIE);
-            if !kept.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                    headers.insert(header::COOKIE, v);
-                }
-            }
-        }
-        Found::Query(name) => {
-            let kept: Vec<&str> = query
-                .unwrap_or_default()
-                .split('&')
-                .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-                .collect();
-            edit.query = Some((!kept.is_empty()).then(|| kept.join("&")));
-        }
     }
 }
 

@@ -6,9 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
+use super::JwtPolicy;
 use super::sign::{TokenSigner, pem_der};
-use super::{JwtPolicy, QueryEdit};
 use crate::config::{JwtConfig, OneOrMany, TokenSourceConfig};
+use crate::policy::token::QueryEdit;
 use crate::state::registry::Registry;
 
 const DEMO_KEY: &str = include_str!("../../demo/demo-key.pem");
