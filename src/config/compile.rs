@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 use crate::policy::{
     AclPolicy, ApiKeyPolicy, AuthorizePolicy, ConsumerIndex, CorsPolicy, DirectResponse, ForwardAuthPolicy,
-    HeaderFilter, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
+    HeaderFilter, IntrospectionPolicy, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -400,6 +400,10 @@ fn policies(
                 Ok(p) => out.jwt = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::Introspection(c) => match IntrospectionPolicy::compile(c, registry, consumers) {
+                Ok(p) => out.introspection = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::ForwardAuth(c) => match ForwardAuthPolicy::compile(c, registry) {
                 Ok(p) => out.forward_auth = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -437,6 +441,7 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         cors: route.cors.or_else(|| global.cors.clone()),
         jwt: route.jwt.or_else(|| global.jwt.clone()),
         api_key: route.api_key.or_else(|| global.api_key.clone()),
+        introspection: route.introspection.or_else(|| global.introspection.clone()),
         forward_auth: route.forward_auth.or_else(|| global.forward_auth.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
         acl: route.acl.or_else(|| global.acl.clone()),
@@ -511,14 +516,14 @@ fn routes(
                 }
             };
             check(
-                effective.authorize.is_none() || effective.jwt.is_some(),
+                effective.authorize.is_none() || effective.has_claims(),
                 format!("{base}.policies"),
-                "authorize needs a jwt policy on the route, its listener or in the global policies",
+                "authorize needs a jwt or introspection policy on the route, its listener or in the global policies",
             );
             check(
-                effective.acl.is_none() || effective.jwt.is_some() || effective.api_key.is_some(),
+                effective.acl.is_none() || effective.authenticates(),
                 format!("{base}.policies"),
-                "acl needs an authentication policy (api_key or jwt) on the route, its listener or in the global policies",
+                "acl needs an authentication policy (api_key, jwt or introspection) on the route, its listener or in the global policies",
             );
             check(
                 r.upstream.is_some() || effective.responds(),

@@ -25,6 +25,8 @@ pub enum PolicyConfig {
     ApiKey(ApiKeyConfig),
     /// Ask an authorization service whether to let the request through.
     ForwardAuth(ForwardAuthConfig),
+    /// Check opaque OAuth2 tokens with the authorization server (RFC 7662).
+    Introspection(Box<IntrospectionConfig>),
     /// Require roles, scopes or claim values of the authenticated caller.
     Authorize(AuthorizeConfig),
     /// Allow or deny by the consumer's groups.
@@ -48,6 +50,7 @@ impl PolicyConfig {
             PolicyConfig::Jwt(_) => "jwt",
             PolicyConfig::ApiKey(_) => "api_key",
             PolicyConfig::ForwardAuth(_) => "forward_auth",
+            PolicyConfig::Introspection(_) => "introspection",
             PolicyConfig::Authorize(_) => "authorize",
             PolicyConfig::Acl(_) => "acl",
             PolicyConfig::RequestHeaders(_) => "request_headers",
@@ -342,4 +345,48 @@ pub struct DecisionCacheConfig {
     /// equal values share a decision; a request without them is not cached. Add `:method`, `:path`
     /// or `:host` when the service's answer depends on them.
     pub key: Vec<String>,
+}
+
+/// `introspection`: opaque OAuth2 access tokens, checked with the authorization server's token
+/// introspection endpoint (RFC 7662).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint (http for now).
+    pub url: String,
+    /// gatehouse's client id at the authorization server.
+    pub client_id: String,
+    /// gatehouse's client secret (use `${VAR}`). Sent with HTTP Basic authentication.
+    pub client_secret: String,
+    /// Where to look for the token, in order. Default: `Authorization: Bearer …`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_from: Vec<TokenSourceConfig>,
+    /// Sent as `token_type_hint`. Default `access_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type_hint: Option<String>,
+    /// The accepted `aud` values: an active token must name at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<OneOrMany<String>>,
+    /// Claims of the introspection answer to send upstream as headers, e.g. `{sub: X-User-Id}`.
+    /// Headers of these names sent by the client are always removed first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Attach the consumer whose `jwt_subject` credential equals this claim's value (e.g.
+    /// `client_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
+    /// Remove the token from the request before it goes upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_token: bool,
+    /// Let requests without a token through (without an identity); a token that is present must
+    /// still be active.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// How long to wait for the endpoint. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationValue>,
+    /// How long an answer is reused (per worker): an active token's never beyond its `exp`.
+    /// Default 30s; `0s` asks about every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<DurationValue>,
 }

@@ -17,6 +17,7 @@ pub mod direct;
 pub mod forward_auth;
 pub mod headers;
 pub mod identity;
+pub mod introspection;
 pub mod ip;
 pub mod jwt;
 pub mod service;
@@ -38,6 +39,7 @@ pub use direct::{DirectResponse, Redirect};
 pub use forward_auth::ForwardAuthPolicy;
 pub use headers::HeaderFilter;
 pub use identity::Identity;
+pub use introspection::IntrospectionPolicy;
 pub use ip::IpRestriction;
 pub use jwt::JwtPolicy;
 pub use token::QueryEdit;
@@ -49,6 +51,7 @@ pub struct RoutePolicies {
     pub cors: Option<Arc<CorsPolicy>>,
     pub jwt: Option<Arc<JwtPolicy>>,
     pub api_key: Option<Arc<ApiKeyPolicy>>,
+    pub introspection: Option<Arc<IntrospectionPolicy>>,
     pub forward_auth: Option<Arc<ForwardAuthPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
     pub acl: Option<Arc<AclPolicy>>,
@@ -74,6 +77,9 @@ impl RoutePolicies {
         if self.api_key.is_some() {
             names.push("api_key");
         }
+        if self.introspection.is_some() {
+            names.push("introspection");
+        }
         if self.forward_auth.is_some() {
             names.push("forward_auth");
         }
@@ -96,6 +102,16 @@ impl RoutePolicies {
             names.push("response_headers (on the response)");
         }
         names
+    }
+
+    /// Whether a policy establishes who the caller is.
+    pub fn authenticates(&self) -> bool {
+        self.api_key.is_some() || self.jwt.is_some() || self.introspection.is_some()
+    }
+
+    /// Whether the caller's identity has claims (roles, scopes) for `authorize`.
+    pub fn has_claims(&self) -> bool {
+        self.jwt.is_some() || self.introspection.is_some()
     }
 
     /// Whether the route answers by itself, so it needs no upstream.
@@ -144,9 +160,10 @@ pub struct RequestState {
 /// 1. `ip_restriction`: a refused address gets nothing else, not even a preflight answer.
 /// 2. `cors`: answers preflights, before authentication: a preflight carries no credentials. The
 ///    CORS headers of other responses (later rejections included) are added as the response is built.
-/// 3. `api_key` or `jwt` (authentication): establishes who the caller is, and which consumer; the
-///    identity headers a client sent were removed before (consumer headers by the proxy, claim
-///    headers by `jwt`), so nothing later sees a forged identity.
+/// 3. `api_key`, `jwt` or `introspection` (authentication; see `authenticator` for which):
+///    establishes who the caller is, and which consumer; the identity headers a client sent were
+///    removed before (consumer headers by the proxy, claim headers here), so nothing later sees a
+///    forged identity.
 /// 4. `forward_auth`: the authorization service sees the request as authenticated by 3 (with the
 ///    headers 3 set), and its verdict comes before the local authorization rules.
 /// 5. `authorize`, `acl`: need the identity from 3.
@@ -169,17 +186,20 @@ pub async fn apply_request_policies(
     if let (Some(cors), Some((origin, method))) = (&policies.cors, facts.preflight) {
         return Ok(PolicyOutcome::Respond(Box::new(cors.preflight(headers, origin, method))));
     }
-    // Authentication: with both an API key and a JWT policy, the credential the request presents
-    // decides which one checks it (an API key when one is there); either way exactly one does.
-    match (&policies.api_key, &policies.jwt) {
-        (Some(api_key), jwt) if jwt.is_none() || api_key.presented(headers, facts.query) => {
-            state.identity = api_key.authenticate(headers, facts.query, &mut state.query_edit)?;
-        }
-        (_, Some(jwt)) => {
-            state.identity = jwt.authenticate(headers, facts.query, &mut state.query_edit).await?;
-        }
-        _ => {}
+    // Authentication. Identity headers are the gateway's to set: whichever policy checks this
+    // request, the headers any of them would set are removed from the client's first.
+    if let Some(jwt) = &policies.jwt {
+        jwt.remove_identity_headers(headers);
     }
+    if let Some(introspection) = &policies.introspection {
+        introspection.remove_identity_headers(headers);
+    }
+    state.identity = match authenticator(policies, headers, facts.query) {
+        Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, &mut state.query_edit)?,
+        Some(Authenticator::Jwt(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
+        Some(Authenticator::Introspection(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
+        None => None,
+    };
     if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
         headers.insert(consumers::CONSUMER_NAME.clone(), consumer.name_value.clone());
         if let Some(groups) = &consumer.groups_value {
@@ -207,6 +227,37 @@ pub async fn apply_request_policies(
         return Ok(PolicyOutcome::Respond(Box::new(direct.respond())));
     }
     Ok(PolicyOutcome::Continue)
+}
+
+enum Authenticator<'a> {
+    ApiKey(&'a ApiKeyPolicy),
+    Jwt(&'a JwtPolicy),
+    Introspection(&'a IntrospectionPolicy),
+}
+
+/// Which authentication policy checks this request. With several on a route, the credential the
+/// request presents decides, so that exactly one checks it: an API key goes to `api_key`, a token
+/// shaped like a JWT to `jwt`, another bearer token to `introspection`. A request presenting none
+/// goes to the first configured of `jwt`, `introspection`, `api_key`, which refuses it (or lets it
+/// through without identity when optional).
+fn authenticator<'a>(
+    policies: &'a RoutePolicies,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Option<Authenticator<'a>> {
+    let api_key = policies.api_key.as_deref();
+    let jwt = policies.jwt.as_deref();
+    let introspection = policies.introspection.as_deref();
+    if let Some(p) = api_key.filter(|p| p.presented(headers, query)) {
+        return Some(Authenticator::ApiKey(p));
+    }
+    if let Some(p) = jwt.filter(|p| introspection.is_none() || p.presented(headers, query)) {
+        return Some(Authenticator::Jwt(p));
+    }
+    if let Some(p) = introspection {
+        return Some(Authenticator::Introspection(p));
+    }
+    api_key.map(Authenticator::ApiKey)
 }
 
 /// Runs the route's response policies, in reverse order of the request policies.

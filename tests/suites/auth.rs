@@ -377,20 +377,22 @@ routes:
     upstream: app
     policies:
       - api_key: {{ key_from: [{{ header: x-api-key }}, {{ query: apikey }}] }}
-      - jwt: {{ jwks_url: "{}", consumer_claim: sub }}
+      - jwt: {{ jwks_url: "{}", consumer_claim: sub, forward_claims: {{ sub: x-user-id }} }}
       - acl: {{ allow: [partners] }}
 "#,
         app.url(),
         jwks.url()
     ));
     let mut client = Client::connect(gw.addr()).await;
-    let ok = client.request("GET", "/partners/x", &[("x-api-key", &partner_key)], "").await;
+    let forged = [("x-api-key", partner_key.as_str()), ("x-user-id", "admin")];
+    let ok = client.request("GET", "/partners/x", &forged, "").await;
     assert_eq!(ok.status, 200);
     let seen = app.seen();
     let h = &seen.last().unwrap().headers;
     assert_eq!(h["x-consumer-name"], "partner-a");
     assert_eq!(h["x-consumer-groups"], "partners");
     assert!(h.get("x-api-key").is_none(), "the key is removed before forwarding");
+    assert!(h.get("x-user-id").is_none(), "the jwt policy's identity headers are removed even when api_key checks");
 
     // The key in the query is removed from the forwarded query too.
     let q = client.request("GET", &format!("/partners/q?apikey={partner_key}&page=2"), &[], "").await;

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod forward_auth;
 mod hostile;
+mod introspection;
 mod proxy;
 mod reload;
 mod routing;

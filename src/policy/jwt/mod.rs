@@ -204,6 +204,17 @@ impl JwtPolicy {
         self.claims.names()
     }
 
+    /// Whether the request carries a token where this policy looks that has the shape of a JWT
+    /// (to choose between `jwt` and `introspection` on one route).
+    pub fn presented(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        self.sources.find(headers, query).is_some_and(|(token, _)| token.bytes().filter(|b| *b == b'.').count() == 2)
+    }
+
+    /// Removes the headers this policy sets from the client's request.
+    pub fn remove_identity_headers(&self, headers: &mut HeaderMap) {
+        self.claims.remove_from(headers);
+    }
+
     /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
     pub async fn authenticate(
         &self,
