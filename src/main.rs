@@ -82,6 +82,12 @@ enum Command {
         #[arg(long, default_value = "my-consumer")]
         consumer: String,
     },
+    /// Hash a password read from standard input (argon2id) for a basic_auth credential.
+    HashPassword {
+        /// The user name (used in the printed config snippet).
+        #[arg(long, default_value = "my-user")]
+        username: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
             | Command::Explain { .. }
             | Command::Schema
             | Command::Keygen { .. }
+            | Command::HashPassword { .. }
     );
     logging::init(args.log_format, if quiet { "warn" } else { &args.log_level });
     let result = match args.command {
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { listen, config } => cli::demo(&listen, config),
         Command::Keygen { consumer } => cli::keygen(&consumer),
+        Command::HashPassword { username } => cli::hash_password(&username),
         Command::Schema => {
             print!("{}", gatehouse::config::schema::json_schema());
             Ok(ExitCode::SUCCESS)

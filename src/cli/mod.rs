@@ -101,6 +101,21 @@ pub fn keygen(consumer: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gatehouse hash-password`: the argon2id hash of the password on standard input (one line; the
+/// line ending is not part of it), as a credential for the config.
+pub fn hash_password(username: &str) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input (e.g. `printf %s \"$PASSWORD\" | gatehouse hash-password`)");
+    }
+    let hash = crate::policy::consumers::hash_password(password.as_bytes()).map_err(anyhow::Error::msg)?;
+    println!("credentials:\n  - username: {username}\n    password_hash: \"{hash}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }

@@ -23,6 +23,8 @@ pub enum PolicyConfig {
     Jwt(Box<JwtConfig>),
     /// Recognise the caller by an API key.
     ApiKey(ApiKeyConfig),
+    /// Recognise the caller by a user name and password (HTTP Basic).
+    BasicAuth(BasicAuthConfig),
     /// Ask an authorization service whether to let the request through.
     ForwardAuth(ForwardAuthConfig),
     /// Check opaque OAuth2 tokens with the authorization server (RFC 7662).
@@ -49,6 +51,7 @@ impl PolicyConfig {
             PolicyConfig::Cors(_) => "cors",
             PolicyConfig::Jwt(_) => "jwt",
             PolicyConfig::ApiKey(_) => "api_key",
+            PolicyConfig::BasicAuth(_) => "basic_auth",
             PolicyConfig::ForwardAuth(_) => "forward_auth",
             PolicyConfig::Introspection(_) => "introspection",
             PolicyConfig::Authorize(_) => "authorize",
@@ -389,4 +392,22 @@ pub struct IntrospectionConfig {
     /// Default 30s; `0s` asks about every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<DurationValue>,
+}
+
+/// `basic_auth`: HTTP Basic authentication against the consumers' `username` / `password_hash`
+/// credentials.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The realm named in the `WWW-Authenticate` challenge. Default `gatehouse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Keep the `Authorization` header in the request sent upstream (by default it is removed, so
+    /// services never see passwords).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_credentials: bool,
+    /// Let requests without credentials through, without a consumer; credentials that are present
+    /// must be valid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }

@@ -63,8 +63,8 @@ pub struct ConsumerConfig {
     pub credentials: Vec<CredentialConfig>,
 }
 
-/// One credential of a consumer: an API key (its SHA-256, or the key itself from `${VAR}`), or the
-/// value of a verified JWT claim.
+/// One credential of a consumer: an API key (its SHA-256, or the key itself from `${VAR}`), the
+/// value of a verified JWT claim, or a user name and password hash for HTTP Basic authentication.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
@@ -78,6 +78,13 @@ pub struct CredentialConfig {
     /// A verified JWT whose `consumer_claim` (see the `jwt` policy) has this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_subject: Option<String>,
+    /// The user name for HTTP Basic authentication (with `password_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The password's hash: argon2id (`$argon2id$…`, what `gatehouse hash-password` prints) or
+    /// bcrypt (`$2b$…`, as `htpasswd -B` makes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
     /// The credential stops working after this time (RFC 3339, e.g. `2027-01-01T00:00:00Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,

@@ -48,11 +48,93 @@ pub enum KeyRejection {
     Revoked,
 }
 
+/// A user name's password hash, checked at load: a known scheme with bounded cost.
+#[derive(Debug)]
+pub struct PasswordEntry {
+    consumer: usize,
+    expires: Option<SystemTime>,
+    revoked: bool,
+    pub hash: Arc<PasswordHash>,
+}
+
 #[derive(Debug, Default)]
 pub struct ConsumerIndex {
     consumers: Vec<Arc<Consumer>>,
     api_keys: HashMap<[u8; 32], KeyEntry>,
     jwt_subjects: HashMap<String, usize>,
+    passwords: HashMap<String, PasswordEntry>,
+}
+
+/// A stored password hash. Costs are bounded at load, so a config cannot make one check take
+/// seconds or gigabytes.
+#[derive(Debug)]
+pub enum PasswordHash {
+    Bcrypt(String),
+    Argon2(String),
+}
+
+/// bcrypt cost 14 takes about a second on one core; more would be a denial of service.
+const MAX_BCRYPT_COST: u32 = 14;
+/// Argon2 memory per check, in KiB (256 MiB).
+const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_ARGON2_PASSES: u32 = 16;
+/// Longest password accepted (bcrypt cannot use more than 72 bytes; longer ones are refused rather
+/// than silently truncated).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+impl PasswordHash {
+    pub fn parse(text: &str) -> Result<PasswordHash, String> {
+        if text.starts_with("$2a$") || text.starts_with("$2b$") || text.starts_with("$2y$") {
+            let parts: bcrypt::HashParts = text.parse().map_err(|e| format!("not a bcrypt hash: {e}"))?;
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err(format!("bcrypt cost {} is above {MAX_BCRYPT_COST}", parts.get_cost()));
+            }
+            Ok(PasswordHash::Bcrypt(text.to_owned()))
+        } else if text.starts_with("$argon2") {
+            let parsed = argon2::password_hash::phc::PasswordHash::new(text)
+                .map_err(|e| format!("not an argon2 hash (PHC string): {e}"))?;
+            let params = argon2::Params::try_from(&parsed).map_err(|e| format!("bad argon2 parameters: {e}"))?;
+            if params.m_cost() > MAX_ARGON2_MEMORY_KIB || params.t_cost() > MAX_ARGON2_PASSES {
+                return Err(format!(
+                    "argon2 parameters m={} t={} are above m={MAX_ARGON2_MEMORY_KIB} t={MAX_ARGON2_PASSES}",
+                    params.m_cost(),
+                    params.t_cost()
+                ));
+            }
+            Ok(PasswordHash::Argon2(text.to_owned()))
+        } else {
+            Err("use an argon2id hash (`gatehouse hash-password`) or a bcrypt hash ($2b$…)".into())
+        }
+    }
+
+    /// Checks a password (slow on purpose: call it off the event loop).
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            // bcrypt reads at most 72 bytes: a longer password would match on its first 72.
+            PasswordHash::Bcrypt(hash) => password.len() <= 72 && bcrypt::verify(password, hash).unwrap_or(false),
+            PasswordHash::Argon2(hash) => {
+                use argon2::password_hash::PasswordVerifier;
+                argon2::password_hash::phc::PasswordHash::new(hash)
+                    .is_ok_and(|parsed| argon2::Argon2::default().verify_password(password, &parsed).is_ok())
+            }
+        }
+    }
+
+    /// The text as configured (identifies the hash in caches).
+    pub fn as_str(&self) -> &str {
+        match self {
+            PasswordHash::Bcrypt(h) | PasswordHash::Argon2(h) => h,
+        }
+    }
+}
+
+/// An argon2id hash of `password` with OWASP's recommended parameters (19 MiB, 2 passes), for
+/// `gatehouse hash-password`.
+pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    let params = argon2::Params::new(19 * 1024, 2, 1, None).map_err(|e| e.to_string())?;
+    let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    argon2.hash_password(password).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 /// The SHA-256 digest of an API key.
@@ -103,9 +185,18 @@ impl ConsumerIndex {
             let at = index.consumers.len();
             for (j, cred) in c.credentials.iter().enumerate() {
                 let path = format!("{base}.credentials[{j}]");
-                let kinds = [cred.api_key_sha256.is_some(), cred.api_key.is_some(), cred.jwt_subject.is_some()];
+                let kinds = [
+                    cred.api_key_sha256.is_some(),
+                    cred.api_key.is_some(),
+                    cred.jwt_subject.is_some(),
+                    cred.username.is_some() || cred.password_hash.is_some(),
+                ];
                 if kinds.iter().filter(|k| **k).count() != 1 {
-                    errors.push((path.clone(), "give exactly one of api_key_sha256, api_key or jwt_subject".into()));
+                    errors.push((
+                        path.clone(),
+                        "give exactly one of api_key_sha256, api_key, jwt_subject or username with password_hash"
+                            .into(),
+                    ));
                     continue;
                 }
                 let expires = match &cred.expires {
@@ -146,6 +237,36 @@ impl ConsumerIndex {
                         errors.push((path.clone(), "this API key already belongs to a consumer".into()));
                     }
                 }
+                match (&cred.username, &cred.password_hash) {
+                    (Some(user), Some(hash)) => {
+                        if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                            errors.push((
+                                format!("{path}.username"),
+                                "a user name is not empty and has no `:` or control characters".into(),
+                            ));
+                        }
+                        match PasswordHash::parse(hash) {
+                            Ok(hash) => {
+                                let entry = PasswordEntry {
+                                    consumer: at,
+                                    expires: entry.expires,
+                                    revoked: entry.revoked,
+                                    hash: Arc::new(hash),
+                                };
+                                if index.passwords.insert(user.clone(), entry).is_some() {
+                                    errors.push((
+                                        format!("{path}.username"),
+                                        format!("user name \"{user}\" already belongs to a consumer"),
+                                    ));
+                                }
+                            }
+                            Err(e) => errors.push((format!("{path}.password_hash"), e)),
+                        }
+                    }
+                    (Some(_), None) => errors.push((path.clone(), "a username needs a password_hash".into())),
+                    (None, Some(_)) => errors.push((path.clone(), "a password_hash needs a username".into())),
+                    (None, None) => {}
+                }
                 if let Some(subject) = &cred.jwt_subject {
                     if index.jwt_subjects.insert(subject.clone(), at).is_some() {
                         errors.push((format!("{path}.jwt_subject"), format!("\"{subject}\" already names a consumer")));
@@ -179,6 +300,29 @@ impl ConsumerIndex {
             return Err(KeyRejection::Expired);
         }
         self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)
+    }
+
+    /// The password entry of a user name, and its consumer, if the credential is usable now.
+    pub fn by_username(&self, user: &str) -> Result<(&PasswordEntry, &Arc<Consumer>), KeyRejection> {
+        let entry = self.passwords.get(user).ok_or(KeyRejection::Unknown)?;
+        if entry.revoked {
+            return Err(KeyRejection::Revoked);
+        }
+        if entry.expires.is_some_and(|t| SystemTime::now() >= t) {
+            return Err(KeyRejection::Expired);
+        }
+        let consumer = self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)?;
+        Ok((entry, consumer))
+    }
+
+    /// A password hash to check against when the user name is unknown, so that answering takes
+    /// as long as for a known name (no user enumeration by timing).
+    pub fn decoy_password_hash(&self) -> Option<Arc<PasswordHash>> {
+        self.passwords.values().next().map(|e| e.hash.clone())
+    }
+
+    pub fn has_passwords(&self) -> bool {
+        !self.passwords.is_empty()
     }
 
     pub fn by_jwt_subject(&self, value: &str) -> Option<&Arc<Consumer>> {

@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod api_key;
 pub mod authorize;
+pub mod basic_auth;
 pub mod cache;
 pub mod consumers;
 pub mod cors;
@@ -33,6 +34,7 @@ use crate::proxy::error::ProxyError;
 pub use acl::AclPolicy;
 pub use api_key::ApiKeyPolicy;
 pub use authorize::AuthorizePolicy;
+pub use basic_auth::BasicAuthPolicy;
 pub use consumers::{Consumer, ConsumerIndex};
 pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
@@ -51,6 +53,7 @@ pub struct RoutePolicies {
     pub cors: Option<Arc<CorsPolicy>>,
     pub jwt: Option<Arc<JwtPolicy>>,
     pub api_key: Option<Arc<ApiKeyPolicy>>,
+    pub basic_auth: Option<Arc<BasicAuthPolicy>>,
     pub introspection: Option<Arc<IntrospectionPolicy>>,
     pub forward_auth: Option<Arc<ForwardAuthPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
@@ -76,6 +79,9 @@ impl RoutePolicies {
         }
         if self.api_key.is_some() {
             names.push("api_key");
+        }
+        if self.basic_auth.is_some() {
+            names.push("basic_auth");
         }
         if self.introspection.is_some() {
             names.push("introspection");
@@ -106,7 +112,7 @@ impl RoutePolicies {
 
     /// Whether a policy establishes who the caller is.
     pub fn authenticates(&self) -> bool {
-        self.api_key.is_some() || self.jwt.is_some() || self.introspection.is_some()
+        self.api_key.is_some() || self.basic_auth.is_some() || self.jwt.is_some() || self.introspection.is_some()
     }
 
     /// Whether the caller's identity has claims (roles, scopes) for `authorize`.
@@ -196,6 +202,7 @@ pub async fn apply_request_policies(
     }
     state.identity = match authenticator(policies, headers, facts.query) {
         Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, &mut state.query_edit)?,
+        Some(Authenticator::Basic(p)) => p.authenticate(headers).await?,
         Some(Authenticator::Jwt(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
         Some(Authenticator::Introspection(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
         None => None,
@@ -231,15 +238,17 @@ pub async fn apply_request_policies(
 
 enum Authenticator<'a> {
     ApiKey(&'a ApiKeyPolicy),
+    Basic(&'a BasicAuthPolicy),
     Jwt(&'a JwtPolicy),
     Introspection(&'a IntrospectionPolicy),
 }
 
 /// Which authentication policy checks this request. With several on a route, the credential the
-/// request presents decides, so that exactly one checks it: an API key goes to `api_key`, a token
-/// shaped like a JWT to `jwt`, another bearer token to `introspection`. A request presenting none
-/// goes to the first configured of `jwt`, `introspection`, `api_key`, which refuses it (or lets it
-/// through without identity when optional).
+/// request presents decides, so that exactly one checks it: an API key goes to `api_key`, Basic
+/// credentials to `basic_auth`, a token shaped like a JWT to `jwt`, another bearer token to
+/// `introspection`. A request presenting none goes to the first configured of `jwt`,
+/// `introspection`, `basic_auth`, `api_key`, which refuses it (or lets it through without identity
+/// when optional).
 fn authenticator<'a>(
     policies: &'a RoutePolicies,
     headers: &http::HeaderMap,
@@ -248,14 +257,21 @@ fn authenticator<'a>(
     let api_key = policies.api_key.as_deref();
     let jwt = policies.jwt.as_deref();
     let introspection = policies.introspection.as_deref();
+    let basic = policies.basic_auth.as_deref();
     if let Some(p) = api_key.filter(|p| p.presented(headers, query)) {
         return Some(Authenticator::ApiKey(p));
+    }
+    if let Some(p) = basic.filter(|p| p.presented(headers)) {
+        return Some(Authenticator::Basic(p));
     }
     if let Some(p) = jwt.filter(|p| introspection.is_none() || p.presented(headers, query)) {
         return Some(Authenticator::Jwt(p));
     }
     if let Some(p) = introspection {
         return Some(Authenticator::Introspection(p));
+    }
+    if let Some(p) = basic {
+        return Some(Authenticator::Basic(p));
     }
     api_key.map(Authenticator::ApiKey)
 }

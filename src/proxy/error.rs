@@ -30,7 +30,7 @@ pub enum ProxyError {
     #[error("method {method} is not allowed here")]
     MethodNotAllowed { method: http::Method, allow: HeaderValue },
     #[error("{message}")]
-    Unauthorized { error: Option<&'static str>, message: String },
+    Unauthorized { error: Option<&'static str>, message: String, challenge: Option<HeaderValue> },
     #[error("{message}")]
     Forbidden { message: String, insufficient_scope: bool },
     #[error("{0}")]
@@ -58,7 +58,12 @@ pub enum ProxyError {
 impl ProxyError {
     /// 401: `error` is the RFC 6750 error code (`invalid_token`), none when no token was sent.
     pub fn unauthorized(error: Option<&'static str>, message: &str) -> ProxyError {
-        ProxyError::Unauthorized { error, message: message.to_owned() }
+        ProxyError::Unauthorized { error, message: message.to_owned(), challenge: None }
+    }
+
+    /// 401 with another challenge than `Bearer` (e.g. `Basic realm="…"`).
+    pub fn unauthorized_with(challenge: HeaderValue, error: Option<&'static str>, message: &str) -> ProxyError {
+        ProxyError::Unauthorized { error, message: message.to_owned(), challenge: Some(challenge) }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -86,7 +91,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
-            ProxyError::Unauthorized { error: Some(_), .. } => "invalid_token",
+            ProxyError::Unauthorized { error: Some(code), .. } => code,
             ProxyError::Unauthorized { error: None, .. } => "unauthorized",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
@@ -166,7 +171,10 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, allow.clone());
             }
-            ProxyError::Unauthorized { error, message } => {
+            ProxyError::Unauthorized { challenge: Some(challenge), .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            ProxyError::Unauthorized { error, message, challenge: None } => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*error, message));
             }
             ProxyError::Forbidden { message, insufficient_scope: true } => {

@@ -2,6 +2,7 @@
 
 mod access_log;
 mod auth;
+mod basic_auth;
 mod cli;
 mod config;
 mod demo;
