@@ -16,7 +16,8 @@ use ipnet::IpNet;
 
 use crate::policy::{
     AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConsumerIndex, CorsPolicy, DirectResponse,
-    ForwardAuthPolicy, HeaderFilter, IntrospectionPolicy, IpRestriction, JwtPolicy, Redirect, RoutePolicies,
+    ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy, Redirect,
+    RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -404,6 +405,10 @@ fn policies(
                 Ok(p) => out.basic_auth = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::HmacAuth(c) => match HmacAuthPolicy::compile(c, consumers.clone()) {
+                Ok(p) => out.hmac_auth = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::Introspection(c) => match IntrospectionPolicy::compile(c, registry, consumers) {
                 Ok(p) => out.introspection = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -446,6 +451,7 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         jwt: route.jwt.or_else(|| global.jwt.clone()),
         api_key: route.api_key.or_else(|| global.api_key.clone()),
         basic_auth: route.basic_auth.or_else(|| global.basic_auth.clone()),
+        hmac_auth: route.hmac_auth.or_else(|| global.hmac_auth.clone()),
         introspection: route.introspection.or_else(|| global.introspection.clone()),
         forward_auth: route.forward_auth.or_else(|| global.forward_auth.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
@@ -528,7 +534,7 @@ fn routes(
             check(
                 effective.acl.is_none() || effective.authenticates(),
                 format!("{base}.policies"),
-                "acl needs an authentication policy (api_key, basic_auth, jwt or introspection) on the route, its listener or in the global policies",
+                "acl needs an authentication policy (api_key, basic_auth, hmac_auth, jwt or introspection) on the route, its listener or in the global policies",
             );
             check(
                 r.upstream.is_some() || effective.responds(),

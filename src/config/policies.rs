@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::types::OneOrMany;
-use super::units::DurationValue;
+use super::units::{ByteSize, DurationValue};
 
 /// A policy: a configured behaviour on a route (or on every route, when global).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -25,6 +25,8 @@ pub enum PolicyConfig {
     ApiKey(ApiKeyConfig),
     /// Recognise the caller by a user name and password (HTTP Basic).
     BasicAuth(BasicAuthConfig),
+    /// Recognise the caller by an HMAC signature over the request (partner APIs).
+    HmacAuth(HmacAuthConfig),
     /// Ask an authorization service whether to let the request through.
     ForwardAuth(ForwardAuthConfig),
     /// Check opaque OAuth2 tokens with the authorization server (RFC 7662).
@@ -52,6 +54,7 @@ impl PolicyConfig {
             PolicyConfig::Jwt(_) => "jwt",
             PolicyConfig::ApiKey(_) => "api_key",
             PolicyConfig::BasicAuth(_) => "basic_auth",
+            PolicyConfig::HmacAuth(_) => "hmac_auth",
             PolicyConfig::ForwardAuth(_) => "forward_auth",
             PolicyConfig::Introspection(_) => "introspection",
             PolicyConfig::Authorize(_) => "authorize",
@@ -408,6 +411,38 @@ pub struct BasicAuthConfig {
     pub keep_credentials: bool,
     /// Let requests without credentials through, without a consumer; credentials that are present
     /// must be valid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// `hmac_auth`: requests signed with a consumer's shared secret (HTTP Signatures, as Kong's
+/// `hmac-auth` does it).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacAuthConfig {
+    /// Accepted algorithms: `hmac-sha256`, `hmac-sha384`, `hmac-sha512` (the default: all three),
+    /// and `hmac-sha1` only when listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// How far the signed `Date` (or `X-Date`) may be from gatehouse's clock. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<DurationValue>,
+    /// What must be among the signed headers. Default `[date, "@request-target"]`: a signature
+    /// cannot be replayed later or for another request. `date` is met by `x-date` too, and
+    /// `@request-target` by `(request-target)` or `request-line`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_headers: Option<Vec<String>>,
+    /// Require a signed `Digest` header (`SHA-256=…` or `SHA-512=…`) and check the body against it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate_body: bool,
+    /// The largest body `validate_body` reads (it is held until checked). Default 1MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<ByteSize>,
+    /// Keep the `Authorization` header in the request sent upstream (by default it is removed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_credentials: bool,
+    /// Let unsigned requests through, without a consumer; a signature that is present must be
+    /// valid.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
 }

@@ -64,7 +64,8 @@ pub struct ConsumerConfig {
 }
 
 /// One credential of a consumer: an API key (its SHA-256, or the key itself from `${VAR}`), the
-/// value of a verified JWT claim, or a user name and password hash for HTTP Basic authentication.
+/// value of a verified JWT claim, a user name and password hash for HTTP Basic authentication, or
+/// a key id and secret for HMAC request signatures.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
@@ -85,6 +86,10 @@ pub struct CredentialConfig {
     /// bcrypt (`$2b$…`, as `htpasswd -B` makes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// The shared secret for HMAC request signatures (with `username` as the key id). Use
+    /// `${VAR}`: HMAC needs the secret itself, so it cannot be stored hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// The credential stops working after this time (RFC 3339, e.g. `2027-01-01T00:00:00Z`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,

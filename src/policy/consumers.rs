@@ -57,12 +57,30 @@ pub struct PasswordEntry {
     pub hash: Arc<PasswordHash>,
 }
 
+/// A key id's HMAC secret.
+pub struct HmacEntry {
+    consumer: usize,
+    expires: Option<SystemTime>,
+    revoked: bool,
+    pub secret: Box<[u8]>,
+}
+
+impl std::fmt::Debug for HmacEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacEntry").field("consumer", &self.consumer).finish_non_exhaustive()
+    }
+}
+
+/// HMAC secrets shorter than this are refused: they could be guessed from one signature.
+const MIN_HMAC_SECRET_BYTES: usize = 16;
+
 #[derive(Debug, Default)]
 pub struct ConsumerIndex {
     consumers: Vec<Arc<Consumer>>,
     api_keys: HashMap<[u8; 32], KeyEntry>,
     jwt_subjects: HashMap<String, usize>,
     passwords: HashMap<String, PasswordEntry>,
+    hmac_keys: HashMap<String, HmacEntry>,
 }
 
 /// A stored password hash. Costs are bounded at load, so a config cannot make one check take
@@ -237,35 +255,58 @@ impl ConsumerIndex {
                         errors.push((path.clone(), "this API key already belongs to a consumer".into()));
                     }
                 }
-                match (&cred.username, &cred.password_hash) {
-                    (Some(user), Some(hash)) => {
-                        if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                match (&cred.username, &cred.password_hash, &cred.secret) {
+                    (Some(_), Some(_), Some(_)) => {
+                        errors.push((
+                            path.clone(),
+                            "give either password_hash (basic_auth) or secret (hmac_auth)".into(),
+                        ));
+                    }
+                    (Some(user), None, Some(secret)) => {
+                        if secret.len() < MIN_HMAC_SECRET_BYTES {
                             errors.push((
-                                format!("{path}.username"),
-                                "a user name is not empty and has no `:` or control characters".into(),
+                                format!("{path}.secret"),
+                                format!("an HMAC secret needs at least {MIN_HMAC_SECRET_BYTES} bytes"),
                             ));
                         }
-                        match PasswordHash::parse(hash) {
-                            Ok(hash) => {
-                                let entry = PasswordEntry {
-                                    consumer: at,
-                                    expires: entry.expires,
-                                    revoked: entry.revoked,
-                                    hash: Arc::new(hash),
-                                };
-                                if index.passwords.insert(user.clone(), entry).is_some() {
-                                    errors.push((
-                                        format!("{path}.username"),
-                                        format!("user name \"{user}\" already belongs to a consumer"),
-                                    ));
-                                }
-                            }
-                            Err(e) => errors.push((format!("{path}.password_hash"), e)),
+                        let hmac = HmacEntry {
+                            consumer: at,
+                            expires: entry.expires,
+                            revoked: entry.revoked,
+                            secret: secret.as_bytes().into(),
+                        };
+                        if index.hmac_keys.insert(user.clone(), hmac).is_some() {
+                            errors.push((
+                                format!("{path}.username"),
+                                format!("HMAC key id \"{user}\" already belongs to a consumer"),
+                            ));
                         }
                     }
-                    (Some(_), None) => errors.push((path.clone(), "a username needs a password_hash".into())),
-                    (None, Some(_)) => errors.push((path.clone(), "a password_hash needs a username".into())),
-                    (None, None) => {}
+                    (Some(user), Some(hash), None) => match PasswordHash::parse(hash) {
+                        Ok(hash) => {
+                            let entry = PasswordEntry {
+                                consumer: at,
+                                expires: entry.expires,
+                                revoked: entry.revoked,
+                                hash: Arc::new(hash),
+                            };
+                            if index.passwords.insert(user.clone(), entry).is_some() {
+                                errors.push((
+                                    format!("{path}.username"),
+                                    format!("user name \"{user}\" already belongs to a consumer"),
+                                ));
+                            }
+                        }
+                        Err(e) => errors.push((format!("{path}.password_hash"), e)),
+                    },
+                    (Some(_), None, None) => {
+                        errors.push((path.clone(), "a username needs a password_hash or a secret".into()))
+                    }
+                    (None, Some(_), _) => errors.push((path.clone(), "a password_hash needs a username".into())),
+                    (None, None, Some(_)) => {
+                        errors.push((path.clone(), "a secret needs a username (its key id)".into()))
+                    }
+                    (None, None, None) => {}
                 }
                 if let Some(subject) = &cred.jwt_subject {
                     if index.jwt_subjects.insert(subject.clone(), at).is_some() {
@@ -313,6 +354,23 @@ impl ConsumerIndex {
         }
         let consumer = self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)?;
         Ok((entry, consumer))
+    }
+
+    /// The HMAC secret of a key id, and its consumer, if the credential is usable now.
+    pub fn by_hmac_key(&self, key_id: &str) -> Result<(&HmacEntry, &Arc<Consumer>), KeyRejection> {
+        let entry = self.hmac_keys.get(key_id).ok_or(KeyRejection::Unknown)?;
+        if entry.revoked {
+            return Err(KeyRejection::Revoked);
+        }
+        if entry.expires.is_some_and(|t| SystemTime::now() >= t) {
+            return Err(KeyRejection::Expired);
+        }
+        let consumer = self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)?;
+        Ok((entry, consumer))
+    }
+
+    pub fn has_hmac_keys(&self) -> bool {
+        !self.hmac_keys.is_empty()
     }
 
     /// A password hash to check against when the user name is unknown, so that answering takes

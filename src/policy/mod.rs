@@ -17,6 +17,7 @@ pub mod cors;
 pub mod direct;
 pub mod forward_auth;
 pub mod headers;
+pub mod hmac_auth;
 pub mod identity;
 pub mod introspection;
 pub mod ip;
@@ -40,6 +41,7 @@ pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
 pub use forward_auth::ForwardAuthPolicy;
 pub use headers::HeaderFilter;
+pub use hmac_auth::HmacAuthPolicy;
 pub use identity::Identity;
 pub use introspection::IntrospectionPolicy;
 pub use ip::IpRestriction;
@@ -54,6 +56,7 @@ pub struct RoutePolicies {
     pub jwt: Option<Arc<JwtPolicy>>,
     pub api_key: Option<Arc<ApiKeyPolicy>>,
     pub basic_auth: Option<Arc<BasicAuthPolicy>>,
+    pub hmac_auth: Option<Arc<HmacAuthPolicy>>,
     pub introspection: Option<Arc<IntrospectionPolicy>>,
     pub forward_auth: Option<Arc<ForwardAuthPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
@@ -82,6 +85,9 @@ impl RoutePolicies {
         }
         if self.basic_auth.is_some() {
             names.push("basic_auth");
+        }
+        if self.hmac_auth.is_some() {
+            names.push("hmac_auth");
         }
         if self.introspection.is_some() {
             names.push("introspection");
@@ -112,7 +118,11 @@ impl RoutePolicies {
 
     /// Whether a policy establishes who the caller is.
     pub fn authenticates(&self) -> bool {
-        self.api_key.is_some() || self.basic_auth.is_some() || self.jwt.is_some() || self.introspection.is_some()
+        self.api_key.is_some()
+            || self.basic_auth.is_some()
+            || self.hmac_auth.is_some()
+            || self.jwt.is_some()
+            || self.introspection.is_some()
     }
 
     /// Whether the caller's identity has claims (roles, scopes) for `authorize`.
@@ -141,6 +151,9 @@ pub struct RequestFacts<'a> {
     pub route_match: &'a crate::route::RouteMatch,
     pub spec: &'a crate::route::RouteSpec,
     pub method: &'a http::Method,
+    /// The request target as received (what a signature covers).
+    pub uri: &'a http::Uri,
+    pub version: http::Version,
     /// The request's Host (or HTTP/2 authority), as the client sent it.
     pub host: Option<&'a http::HeaderValue>,
     /// `http` or `https`: how the client reached gatehouse.
@@ -158,6 +171,8 @@ pub struct RequestFacts<'a> {
 pub struct RequestState {
     pub identity: Option<Identity>,
     pub query_edit: QueryEdit,
+    /// The body must match a signed digest before it is forwarded (`hmac_auth`).
+    pub body_check: Option<hmac_auth::BodyCheck>,
 }
 
 /// Runs the route's request policies in their fixed order.
@@ -203,6 +218,7 @@ pub async fn apply_request_policies(
     state.identity = match authenticator(policies, headers, facts.query) {
         Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, &mut state.query_edit)?,
         Some(Authenticator::Basic(p)) => p.authenticate(headers).await?,
+        Some(Authenticator::Hmac(p)) => p.authenticate(headers, facts, &mut state.body_check)?,
         Some(Authenticator::Jwt(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
         Some(Authenticator::Introspection(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
         None => None,
@@ -239,16 +255,17 @@ pub async fn apply_request_policies(
 enum Authenticator<'a> {
     ApiKey(&'a ApiKeyPolicy),
     Basic(&'a BasicAuthPolicy),
+    Hmac(&'a HmacAuthPolicy),
     Jwt(&'a JwtPolicy),
     Introspection(&'a IntrospectionPolicy),
 }
 
 /// Which authentication policy checks this request. With several on a route, the credential the
 /// request presents decides, so that exactly one checks it: an API key goes to `api_key`, Basic
-/// credentials to `basic_auth`, a token shaped like a JWT to `jwt`, another bearer token to
-/// `introspection`. A request presenting none goes to the first configured of `jwt`,
-/// `introspection`, `basic_auth`, `api_key`, which refuses it (or lets it through without identity
-/// when optional).
+/// credentials to `basic_auth`, a signature to `hmac_auth`, a token shaped like a JWT to `jwt`,
+/// another bearer token to `introspection`. A request presenting none goes to the first
+/// configured of `jwt`, `introspection`, `basic_auth`, `hmac_auth`, `api_key`, which refuses it
+/// (or lets it through without identity when optional).
 fn authenticator<'a>(
     policies: &'a RoutePolicies,
     headers: &http::HeaderMap,
@@ -258,11 +275,15 @@ fn authenticator<'a>(
     let jwt = policies.jwt.as_deref();
     let introspection = policies.introspection.as_deref();
     let basic = policies.basic_auth.as_deref();
+    let hmac = policies.hmac_auth.as_deref();
     if let Some(p) = api_key.filter(|p| p.presented(headers, query)) {
         return Some(Authenticator::ApiKey(p));
     }
     if let Some(p) = basic.filter(|p| p.presented(headers)) {
         return Some(Authenticator::Basic(p));
+    }
+    if let Some(p) = hmac.filter(|p| p.presented(headers)) {
+        return Some(Authenticator::Hmac(p));
     }
     if let Some(p) = jwt.filter(|p| introspection.is_none() || p.presented(headers, query)) {
         return Some(Authenticator::Jwt(p));
@@ -272,6 +293,9 @@ fn authenticator<'a>(
     }
     if let Some(p) = basic {
         return Some(Authenticator::Basic(p));
+    }
+    if let Some(p) = hmac {
+        return Some(Authenticator::Hmac(p));
     }
     api_key.map(Authenticator::ApiKey)
 }

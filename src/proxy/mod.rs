@@ -188,6 +188,8 @@ impl Exchange<'_> {
             route_match: &route_match,
             spec,
             method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
             host: original_host.as_ref(),
             scheme: self.conn.scheme,
             client,
@@ -242,7 +244,14 @@ impl Exchange<'_> {
             parts.uri = origin_form(&upstream_path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;
-        let body = if body.is_end_stream() {
+        let body = if let Some(check) = state.body_check.take() {
+            // The signed digest must match before any of the body goes upstream.
+            let bytes = check.read(body, server.max_body_size).await?;
+            if let Some(counter) = self.log.bytes_in_counter() {
+                counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if bytes.is_empty() { UpstreamBody::Empty } else { UpstreamBody::Full(Some(bytes)) }
+        } else if body.is_end_stream() {
             UpstreamBody::Empty
         } else {
             let limit = match server.max_body_size {

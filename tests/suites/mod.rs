@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod demo;
 mod forward_auth;
+mod hmac_auth;
 mod hostile;
 mod introspection;
 mod proxy;
