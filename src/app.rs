@@ -150,6 +150,7 @@ pub struct Gateway {
     workers: Option<Workers>,
     admin: Option<AdminServer>,
     _watcher: Option<config::watch::Watcher>,
+    _sweeper: crate::background::Background,
 }
 
 impl Gateway {
@@ -210,7 +211,8 @@ impl Gateway {
             }
             _ => None,
         };
-        Ok(Gateway { shared, workers: Some(workers), admin, _watcher: watcher })
+        let sweeper = sweep_idle_state(Arc::downgrade(&shared.registry))?;
+        Ok(Gateway { shared, workers: Some(workers), admin, _watcher: watcher, _sweeper: sweeper })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -254,4 +256,25 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.shutdown_with(Duration::ZERO);
     }
+}
+
+/// Every 10 s, forgets the rate-limit keys that have been idle long enough to be as good as new,
+/// so memory follows the active keys rather than every key ever seen.
+fn sweep_idle_state(registry: std::sync::Weak<Registry>) -> std::io::Result<crate::background::Background> {
+    crate::background::Background::spawn("gatehouse-sweep", move |mut stop| async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = every.tick() => {
+                    let Some(registry) = registry.upgrade() else { break };
+                    let now = crate::policy::rate_limit::now_ns();
+                    for store in registry.rate_limit_stores() {
+                        store.sweep(now);
+                    }
+                }
+            }
+        }
+    })
 }

@@ -16,8 +16,8 @@ use ipnet::IpNet;
 
 use crate::policy::{
     AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConsumerIndex, CorsPolicy, DirectResponse,
-    ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy, Redirect,
-    RoutePolicies,
+    ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy, RateLimitPolicy,
+    Redirect, RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -74,7 +74,7 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
             Arc::new(ConsumerIndex::default())
         }
     };
-    let global = policies(&config.policies, "policies", ctx.registry, &consumers, &mut problems);
+    let global = policies(&config.policies, "policies", "global", ctx.registry, &consumers, &mut problems);
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
@@ -86,7 +86,14 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
         .map(|(i, l)| {
             merge(
                 &global,
-                policies(&l.policies, &format!("listeners[{i}].policies"), ctx.registry, &consumers, &mut problems),
+                policies(
+                    &l.policies,
+                    &format!("listeners[{i}].policies"),
+                    &format!("listener:{}", l.name),
+                    ctx.registry,
+                    &consumers,
+                    &mut problems,
+                ),
             )
         })
         .collect();
@@ -363,6 +370,7 @@ fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
 fn policies(
     list: &[PolicyConfig],
     base: &str,
+    scope: &str,
     registry: &Registry,
     consumers: &Arc<ConsumerIndex>,
     problems: &mut Problems,
@@ -417,6 +425,10 @@ fn policies(
                 Ok(p) => out.forward_auth = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::RateLimit(c) => match RateLimitPolicy::compile(c, scope, registry) {
+                Ok(p) => out.rate_limit = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::Authorize(c) => match AuthorizePolicy::compile(c) {
                 Ok(p) => out.authorize = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -456,6 +468,7 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         forward_auth: route.forward_auth.or_else(|| global.forward_auth.clone()),
         authorize: route.authorize.or_else(|| global.authorize.clone()),
         acl: route.acl.or_else(|| global.acl.clone()),
+        rate_limit: route.rate_limit.or_else(|| global.rate_limit.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
         response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
         direct_response: route.direct_response.or_else(|| global.direct_response.clone()),
@@ -500,7 +513,8 @@ fn routes(
 
         let id = i as RouteId;
         let spec = route_spec(id, &name, r, &base, path_options, problems);
-        let own = policies(&r.policies, &format!("{base}.policies"), registry, consumers, problems);
+        let own =
+            policies(&r.policies, &format!("{base}.policies"), &format!("route:{name}"), registry, consumers, problems);
         if own.responds() && r.upstream.is_some() {
             problems.add(
                 format!("{base}.upstream"),
@@ -535,6 +549,11 @@ fn routes(
                 effective.acl.is_none() || effective.authenticates(),
                 format!("{base}.policies"),
                 "acl needs an authentication policy (api_key, basic_auth, hmac_auth, jwt or introspection) on the route, its listener or in the global policies",
+            );
+            check(
+                effective.rate_limit.as_ref().is_none_or(|l| !l.needs_identity() || effective.authenticates()),
+                format!("{base}.policies"),
+                "rate_limit counts by consumer or claim, which needs an authentication policy on the route, its listener or in the global policies",
             );
             check(
                 r.upstream.is_some() || effective.responds(),

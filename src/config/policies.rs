@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::types::OneOrMany;
-use super::units::{ByteSize, DurationValue};
+use super::units::{ByteSize, DurationValue, RateValue};
 
 /// A policy: a configured behaviour on a route (or on every route, when global).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -35,6 +35,8 @@ pub enum PolicyConfig {
     Authorize(AuthorizeConfig),
     /// Allow or deny by the consumer's groups.
     Acl(AclConfig),
+    /// Limit how often a caller (an address, a consumer, a token's subject …) may call.
+    RateLimit(Box<RateLimitConfig>),
     /// Change the request headers sent upstream.
     RequestHeaders(HeaderFilterConfig),
     /// Change the response headers sent to the client.
@@ -59,6 +61,7 @@ impl PolicyConfig {
             PolicyConfig::Introspection(_) => "introspection",
             PolicyConfig::Authorize(_) => "authorize",
             PolicyConfig::Acl(_) => "acl",
+            PolicyConfig::RateLimit(_) => "rate_limit",
             PolicyConfig::RequestHeaders(_) => "request_headers",
             PolicyConfig::ResponseHeaders(_) => "response_headers",
             PolicyConfig::DirectResponse(_) => "direct_response",
@@ -445,4 +448,75 @@ pub struct HmacAuthConfig {
     /// valid.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+}
+
+/// `rate_limit`: how many requests a key (an address, a consumer, a claim …) may make.
+///
+/// One limit in short form (`{key: client_ip, rate: 10/s, burst: 20}`), or several under `limits`
+/// (e.g. 10/s and 1000/day); a request must pass every limit.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// What to count by: `client_ip` (default), `consumer`, `claim:NAME`, `header:NAME`,
+    /// `query:NAME`, `param:NAME`, `route` or `global`; a list makes a composite key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<OneOrMany<String>>,
+    /// The rate of the short form, e.g. `10/s`, `100/min`, `1000/day`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateValue>,
+    /// `token_bucket` only: how many requests may come at once. Default: the rate's count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// `token_bucket` (default), `sliding_window` or `fixed_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<RateAlgorithmConfig>,
+    /// Several limits, each with its own rate (and optionally its own key and algorithm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitConfig>,
+    /// Which headers tell clients about their limits: `ietf` (default: `RateLimit-Policy` and
+    /// `RateLimit`), `x_ratelimit` (`X-RateLimit-Limit/-Remaining/-Reset`), `both` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RateHeadersConfig>,
+    /// The most keys each limit keeps in memory (default 100000); beyond it the least recently
+    /// seen keys are forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u64>,
+}
+
+/// One limit of a `rate_limit` policy.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub rate: RateValue,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Default: the policy's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<OneOrMany<String>>,
+    /// Default: the policy's algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<RateAlgorithmConfig>,
+    /// The name clients see in `RateLimit-Policy`. Default: the rate as written (`10/s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAlgorithmConfig {
+    /// Smooth: `burst` at once, then the rate (computed as GCRA).
+    TokenBucket,
+    /// The previous window's count weighted by its overlap, plus the current window's.
+    SlidingWindow,
+    /// A count per calendar-aligned window (`1000/day` resets at 00:00 UTC).
+    FixedWindow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateHeadersConfig {
+    Ietf,
+    XRatelimit,
+    Both,
+    None,
 }

@@ -188,6 +188,85 @@ impl JsonSchema for ByteSize {
     }
 }
 
+// === impl RateValue ===
+
+/// A rate such as `100/s`, `5/min`, `1000/day` or `20/10s`: a count of requests per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateValue {
+    pub count: u64,
+    pub period: Duration,
+}
+
+impl FromStr for RateValue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let bad = || {
+            format!(
+                "invalid rate \"{text}\": expected COUNT/PERIOD, e.g. 100/s, 5/min, 1000/day or 20/10s (units s, min, h, day)"
+            )
+        };
+        let (count, period) = text.split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("rate \"{text}\" admits nothing: a limit needs a count of at least 1"));
+        }
+        let period = period.trim();
+        let period = match period {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            other => other.parse::<DurationValue>().map_err(|_| bad())?.get(),
+        };
+        if period < Duration::from_millis(1) {
+            return Err(format!("rate \"{text}\": the period must be at least 1ms"));
+        }
+        if period > Duration::from_secs(366 * 86_400) {
+            return Err(format!("rate \"{text}\": the period can be at most a year"));
+        }
+        Ok(RateValue { count, period })
+    }
+}
+
+impl fmt::Display for RateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.period.as_secs() {
+            1 if self.period.subsec_nanos() == 0 => write!(f, "{}/s", self.count),
+            60 if self.period.subsec_nanos() == 0 => write!(f, "{}/min", self.count),
+            3600 if self.period.subsec_nanos() == 0 => write!(f, "{}/h", self.count),
+            86_400 if self.period.subsec_nanos() == 0 => write!(f, "{}/day", self.count),
+            _ => write!(f, "{}/{}", self.count, DurationValue(self.period)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FromStrVisitor::<RateValue>::new("a rate such as 100/s or 1000/day"))
+    }
+}
+
+impl Serialize for RateValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl JsonSchema for RateValue {
+    fn schema_name() -> Cow<'static, str> {
+        "Rate".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A rate: COUNT/PERIOD, where PERIOD is s, min, h, day or a duration. E.g. `100/s`, `1000/day`, `20/10s`.",
+            "pattern": "^\\s*[0-9]+\\s*/\\s*\\S+\\s*$"
+        })
+    }
+}
+
 /// Parses any scalar through `FromStr`; integers are accepted as their decimal text so `max: 512`
 /// works for sizes, while durations still insist on a unit.
 struct FromStrVisitor<T> {
@@ -261,5 +340,34 @@ mod tests {
         assert!("-1".parse::<ByteSize>().is_err());
         assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
         assert!("18446744073709551615GiB".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn rates_parse_as_people_write_them() {
+        let r: RateValue = "100/s".parse().unwrap();
+        assert_eq!((r.count, r.period), (100, Duration::from_secs(1)));
+        assert_eq!("5/min".parse::<RateValue>().unwrap().period, Duration::from_secs(60));
+        assert_eq!("1000/day".parse::<RateValue>().unwrap().period, Duration::from_secs(86_400));
+        assert_eq!("20 / 10s".parse::<RateValue>().unwrap().period, Duration::from_secs(10));
+        assert_eq!("3/250ms".parse::<RateValue>().unwrap().period, Duration::from_millis(250));
+        for text in ["100/s", "5/min", "7/h", "1000/day", "20/10s", "3/250ms"] {
+            let r: RateValue = text.parse().unwrap();
+            assert_eq!(r.to_string().parse::<RateValue>().unwrap(), r, "{text}");
+        }
+        for bad in [
+            "",
+            "100",
+            "/s",
+            "x/s",
+            "-1/s",
+            "0/s",
+            "10/fortnight",
+            "10/0s",
+            "10/400d",
+            "1e3/s",
+            "99999999999999999999/s",
+        ] {
+            assert!(bad.parse::<RateValue>().is_err(), "{bad}");
+        }
     }
 }

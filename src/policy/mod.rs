@@ -22,6 +22,7 @@ pub mod identity;
 pub mod introspection;
 pub mod ip;
 pub mod jwt;
+pub mod rate_limit;
 pub mod service;
 pub mod token;
 
@@ -46,6 +47,7 @@ pub use identity::Identity;
 pub use introspection::IntrospectionPolicy;
 pub use ip::IpRestriction;
 pub use jwt::JwtPolicy;
+pub use rate_limit::RateLimitPolicy;
 pub use token::QueryEdit;
 
 /// The compiled policies of one route, one slot per kind.
@@ -61,6 +63,7 @@ pub struct RoutePolicies {
     pub forward_auth: Option<Arc<ForwardAuthPolicy>>,
     pub authorize: Option<Arc<AuthorizePolicy>>,
     pub acl: Option<Arc<AclPolicy>>,
+    pub rate_limit: Option<Arc<RateLimitPolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
     pub response_headers: Option<Arc<HeaderFilter>>,
     pub direct_response: Option<Arc<DirectResponse>>,
@@ -100,6 +103,9 @@ impl RoutePolicies {
         }
         if self.acl.is_some() {
             names.push("acl");
+        }
+        if self.rate_limit.is_some() {
+            names.push("rate_limit");
         }
         if self.request_headers.is_some() {
             names.push("request_headers");
@@ -150,6 +156,7 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     pub route_match: &'a crate::route::RouteMatch,
     pub spec: &'a crate::route::RouteSpec,
+    pub route_name: &'a str,
     pub method: &'a http::Method,
     /// The request target as received (what a signature covers).
     pub uri: &'a http::Uri,
@@ -173,6 +180,8 @@ pub struct RequestState {
     pub query_edit: QueryEdit,
     /// The body must match a signed digest before it is forwarded (`hmac_auth`).
     pub body_check: Option<hmac_auth::BodyCheck>,
+    /// What `rate_limit` tells the client, on whatever response the request gets.
+    pub rate_report: Option<rate_limit::RateReport>,
 }
 
 /// Runs the route's request policies in their fixed order.
@@ -188,8 +197,9 @@ pub struct RequestState {
 /// 4. `forward_auth`: the authorization service sees the request as authenticated by 3 (with the
 ///    headers 3 set), and its verdict comes before the local authorization rules.
 /// 5. `authorize`, `acl`: need the identity from 3.
-/// 6. (later) rate limits and quotas: after authentication, so limits can be per caller, and so
-///    that unauthenticated floods are refused before they consume anyone's quota.
+/// 6. `rate_limit`: after authentication, so limits can be per caller, and so that
+///    unauthenticated floods are refused before they use up anyone's allowance; after
+///    authorization, so requests that would be refused anyway cost no allowance either.
 /// 7. request filters (`request_headers`): after authentication, so a filter cannot forge what
 ///    authentication checks, and before answering locally, so a `direct_response` sees the same
 ///    request an upstream would.
@@ -215,12 +225,18 @@ pub async fn apply_request_policies(
     if let Some(introspection) = &policies.introspection {
         introspection.remove_identity_headers(headers);
     }
+    // The policies that may wait on I/O are boxed: their futures are large, and unboxed they would
+    // grow the future of every request and connection, authenticated or not.
+    let edit = &mut state.query_edit;
     state.identity = match authenticator(policies, headers, facts.query) {
-        Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, &mut state.query_edit)?,
-        Some(Authenticator::Basic(p)) => p.authenticate(headers).await?,
+        Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, edit)?,
+        Some(Authenticator::Basic(p)) => Box::pin(p.authenticate(headers)).await?,
         Some(Authenticator::Hmac(p)) => p.authenticate(headers, facts, &mut state.body_check)?,
-        Some(Authenticator::Jwt(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
-        Some(Authenticator::Introspection(p)) => p.authenticate(headers, facts.query, &mut state.query_edit).await?,
+        Some(Authenticator::Jwt(p)) => match p.authenticate_now(headers, facts.query, edit) {
+            Some(done) => done?,
+            None => Box::pin(p.authenticate(headers, facts.query, edit)).await?,
+        },
+        Some(Authenticator::Introspection(p)) => Box::pin(p.authenticate(headers, facts.query, edit)).await?,
         None => None,
     };
     if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
@@ -230,7 +246,7 @@ pub async fn apply_request_policies(
         }
     }
     if let Some(forward_auth) = &policies.forward_auth {
-        if let PolicyOutcome::Respond(denied) = forward_auth.check(headers, facts).await? {
+        if let PolicyOutcome::Respond(denied) = Box::pin(forward_auth.check(headers, facts)).await? {
             return Ok(PolicyOutcome::Respond(denied));
         }
     }
@@ -239,6 +255,18 @@ pub async fn apply_request_policies(
     }
     if let Some(acl) = &policies.acl {
         acl.check(state.identity.as_ref())?;
+    }
+    if let Some(limit) = &policies.rate_limit {
+        let source = rate_limit::KeySource {
+            client: facts.client,
+            identity: state.identity.as_ref(),
+            route: facts.route_name,
+            headers,
+            path: facts.path,
+            query: facts.query,
+            route_match: facts.route_match,
+        };
+        limit.check(&source, &mut state.rate_report)?;
     }
     if let Some(filter) = &policies.request_headers {
         filter.apply(headers);

@@ -35,6 +35,8 @@ pub enum ProxyError {
     Forbidden { message: String, insufficient_scope: bool },
     #[error("{0}")]
     AuthUnavailable(String),
+    #[error("too many requests: the limit \"{limit}\" is used up; retry in {retry_after} s")]
+    RateLimited { retry_after: u64, limit: Box<str> },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request target is longer than {limit} bytes")]
@@ -74,6 +76,7 @@ impl ProxyError {
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -95,6 +98,7 @@ impl ProxyError {
             ProxyError::Unauthorized { error: None, .. } => "unauthorized",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -116,6 +120,7 @@ impl ProxyError {
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::Unauthorized { .. }
             | ProxyError::Forbidden { .. }
+            | ProxyError::RateLimited { .. }
             | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamConnectTimeout
@@ -176,6 +181,9 @@ impl ProxyError {
             }
             ProxyError::Unauthorized { error, message, challenge: None } => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(*error, message));
+            }
+            ProxyError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             ProxyError::Forbidden { message, insufficient_scope: true } => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(Some("insufficient_scope"), message));

@@ -66,9 +66,9 @@ impl HttpProxy {
                 user_agent: req.headers().get(header::USER_AGENT),
             },
         );
-        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start, cors: None };
+        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start, cors: None, rate_report: None };
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, cors, .. } = exchange;
+        let Exchange { mut log, request_id, cors, rate_report, .. } = exchange;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -85,6 +85,9 @@ impl HttpProxy {
         if let Some((cors, origin)) = cors {
             cors.apply(&origin, response.headers_mut());
         }
+        if let Some(report) = rate_report {
+            report.apply(response.headers_mut());
+        }
         log.set_status(response.status().as_u16());
         response.body_mut().attach(log);
         response
@@ -100,6 +103,8 @@ struct Exchange<'a> {
     start: Instant,
     /// The route's CORS policy and the request's Origin, for the response.
     cors: Option<(std::sync::Arc<crate::policy::CorsPolicy>, HeaderValue)>,
+    /// What the rate limits tell the client, on every response (a 429 included).
+    rate_report: Option<crate::policy::rate_limit::RateReport>,
 }
 
 impl Exchange<'_> {
@@ -187,6 +192,7 @@ impl Exchange<'_> {
             query: parts.uri.query(),
             route_match: &route_match,
             spec,
+            route_name: &route.name,
             method: &parts.method,
             uri: &parts.uri,
             version: parts.version,
@@ -201,6 +207,7 @@ impl Exchange<'_> {
         if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
             self.log.set_consumer(&consumer.name);
         }
+        self.rate_report = state.rate_report.take();
         let outcome = outcome?;
         if let PolicyOutcome::Respond(mut response) = outcome {
             policy::apply_response_policies(policies, response.headers_mut());
@@ -246,7 +253,7 @@ impl Exchange<'_> {
         parts.version = Version::HTTP_11;
         let body = if let Some(check) = state.body_check.take() {
             // The signed digest must match before any of the body goes upstream.
-            let bytes = check.read(body, server.max_body_size).await?;
+            let bytes = Box::pin(check.read(body, server.max_body_size)).await?;
             if let Some(counter) = self.log.bytes_in_counter() {
                 counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::policy::jwt::keys::JwksSource;
+use crate::policy::rate_limit::local::LocalStore;
 use crate::upstream::EndpointState;
 
 #[derive(Default)]
@@ -16,6 +17,7 @@ pub struct Registry {
     endpoints: Mutex<HashMap<String, Weak<EndpointState>>>,
     balancers: Mutex<HashMap<String, Weak<BalancerState>>>,
     jwks: Mutex<HashMap<String, Weak<JwksSource>>>,
+    rate_limits: Mutex<HashMap<String, Weak<LocalStore>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -61,6 +63,25 @@ impl Registry {
         let source = Arc::new(JwksSource::new(url.to_owned(), allowed, refresh, min_refetch));
         map.insert(key, Arc::downgrade(&source));
         source
+    }
+
+    /// The counters of the limit with this scope and settings: a reload that keeps the limit keeps
+    /// its counts; changed settings make a new fingerprint, so a fresh store.
+    pub fn rate_limit_store(&self, fingerprint: &str, make: impl FnOnce() -> LocalStore) -> Arc<LocalStore> {
+        let mut map = self.rate_limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = map.get(fingerprint).and_then(Weak::upgrade) {
+            return store;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let store = Arc::new(make());
+        map.insert(fingerprint.to_owned(), Arc::downgrade(&store));
+        store
+    }
+
+    /// Every live limit's store (for the idle-key sweep).
+    pub fn rate_limit_stores(&self) -> Vec<Arc<LocalStore>> {
+        let map = self.rate_limits.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter_map(Weak::upgrade).collect()
     }
 
     /// The balancer state of the upstream with this name and settings fingerprint: a changed

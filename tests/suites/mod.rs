@@ -11,6 +11,7 @@ mod hmac_auth;
 mod hostile;
 mod introspection;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod routing;
 mod timeouts;

@@ -240,14 +240,21 @@ impl JwksSource {
         }
     }
 
+    /// The keys fetched so far, without waiting (refreshed in the background when old); `None`
+    /// before the first fetch succeeded.
+    pub fn current(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        let keys = self.keys.load_full()?;
+        let age = clock::now_ms().saturating_sub(self.fetched_ms.load(Ordering::Relaxed));
+        if age >= self.refresh_every_ms && self.may_fetch() {
+            let source = self.clone();
+            tokio::spawn(async move { source.fetch().await });
+        }
+        Some(keys)
+    }
+
     /// The current keys: fetched now if there are none yet; refreshed in the background if old.
     pub async fn keys(self: &Arc<Self>) -> Option<Arc<KeySet>> {
-        if let Some(keys) = self.keys.load_full() {
-            let age = clock::now_ms().saturating_sub(self.fetched_ms.load(Ordering::Relaxed));
-            if age >= self.refresh_every_ms && self.may_fetch() {
-                let source = self.clone();
-                tokio::spawn(async move { source.fetch().await });
-            }
+        if let Some(keys) = self.current() {
             return Some(keys);
         }
         if self.may_fetch() {

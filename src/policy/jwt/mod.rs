@@ -31,7 +31,7 @@ use crate::state::registry::Registry;
 
 use super::consumers::ConsumerIndex;
 use super::identity::Identity;
-use super::token::{ClaimHeaders, QueryEdit, TokenSources, strip};
+use super::token::{ClaimHeaders, Found, QueryEdit, TokenSources, strip};
 use keys::{JwksSource, KeySet};
 
 /// Tokens longer than this are refused before any parsing.
@@ -216,6 +216,9 @@ impl JwtPolicy {
     }
 
     /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
+    ///
+    /// The common case needs no I/O (static keys, or remote keys already fetched, and a known
+    /// `kid`): see `authenticate_now`, which callers try first so that their own futures stay small.
     pub async fn authenticate(
         &self,
         headers: &mut HeaderMap,
@@ -224,51 +227,102 @@ impl JwtPolicy {
     ) -> Result<Option<Identity>, ProxyError> {
         self.claims.remove_from(headers);
         let Some((token, found)) = self.sources.find(headers, query) else {
-            return if self.optional {
-                Ok(None)
-            } else {
-                Err(ProxyError::unauthorized(None, "a bearer token is required"))
-            };
+            return self.missing();
         };
-        let mut identity = self.verify(&token).await?;
+        let mut step = self.verify_with(&token, self.current_keys(), false);
+        loop {
+            step = match step {
+                Step::Done(result) => break self.accept(result?, headers, query, edit, &found),
+                Step::FetchKeys(source) => {
+                    let keys = source.keys().await;
+                    self.verify_with(&token, Some(keys.ok_or_else(keys_unavailable)?), false)
+                }
+                Step::RefreshForKid(source, keys) => {
+                    let keys = source.refresh_for_unknown_kid().await.unwrap_or(keys);
+                    self.verify_with(&token, Some(keys), true)
+                }
+            };
+        }
+    }
+
+    /// `authenticate` without waiting: `None` when the keys must be fetched first.
+    pub fn authenticate_now(
+        &self,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+        edit: &mut QueryEdit,
+    ) -> Option<Result<Option<Identity>, ProxyError>> {
+        self.claims.remove_from(headers);
+        let Some((token, found)) = self.sources.find(headers, query) else {
+            return Some(self.missing());
+        };
+        match self.verify_with(&token, self.current_keys(), false) {
+            Step::Done(result) => Some(result.and_then(|identity| self.accept(identity, headers, query, edit, &found))),
+            Step::FetchKeys(_) | Step::RefreshForKid(..) => None,
+        }
+    }
+
+    fn missing(&self) -> Result<Option<Identity>, ProxyError> {
+        if self.optional { Ok(None) } else { Err(ProxyError::unauthorized(None, "a bearer token is required")) }
+    }
+
+    fn accept(
+        &self,
+        mut identity: Identity,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+        edit: &mut QueryEdit,
+        found: &Found,
+    ) -> Result<Option<Identity>, ProxyError> {
         if self.strip {
-            strip(headers, query, edit, &found);
+            strip(headers, query, edit, found);
         }
         self.claims.apply(&mut identity, headers);
         Ok(Some(identity))
     }
 
-    async fn verify(&self, token: &str) -> Result<Identity, ProxyError> {
+    /// The keys to verify with now: `None` when remote keys were never fetched.
+    fn current_keys(&self) -> Option<Arc<KeySet>> {
+        match &self.keys {
+            Keys::Static(k) => Some(k.clone()),
+            Keys::Remote(source) => source.current(),
+        }
+    }
+
+    /// Verifies `token` with `keys`, or says which fetch must come first. `refreshed`: the keys
+    /// were just fetched again for an unknown `kid`, so an unknown `kid` now fails.
+    fn verify_with(&self, token: &str, keys: Option<Arc<KeySet>>, refreshed: bool) -> Step<'_> {
         let invalid = |why: &str| ProxyError::unauthorized(Some("invalid_token"), why);
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(invalid("the token is too long"));
+            return Step::Done(Err(invalid("the token is too long")));
         }
         if token.bytes().filter(|b| *b == b'.').count() != 2
             || !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
-            return Err(invalid("the token is not a compact JWS (three base64url parts)"));
+            return Step::Done(Err(invalid("the token is not a compact JWS (three base64url parts)")));
         }
-        let mut keys = match &self.keys {
-            Keys::Static(k) => k.clone(),
-            Keys::Remote(source) => source
-                .keys()
-                .await
-                .ok_or_else(|| ProxyError::AuthUnavailable("the token's signing keys could not be fetched".into()))?,
+        let Some(keys) = keys else {
+            return match &self.keys {
+                Keys::Remote(source) => Step::FetchKeys(source),
+                Keys::Static(_) => Step::Done(Err(keys_unavailable())),
+            };
         };
         let now = unix_now();
         if let Some(identity) = VERIFIED.with(|c| c.borrow().get(self.scope, keys.generation, token.as_bytes(), now)) {
-            return Ok(identity);
+            return Step::Done(Ok(identity));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| invalid("the token header is malformed or names an unsupported algorithm"))?;
-        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
-            return Err(invalid("the token's algorithm is not accepted"));
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(header) => header,
+            Err(_) => {
+                return Step::Done(Err(invalid("the token header is malformed or names an unsupported algorithm")));
+            }
         };
-        if let (Keys::Remote(source), Some(kid)) = (&self.keys, header.kid.as_deref()) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Step::Done(Err(invalid("the token's algorithm is not accepted")));
+        };
+        if let (Keys::Remote(source), Some(kid), false) = (&self.keys, header.kid.as_deref(), refreshed) {
             if !keys.has_kid(kid) {
-                if let Some(fresh) = source.refresh_for_unknown_kid().await {
-                    keys = fresh;
-                }
+                return Step::RefreshForKid(source, keys);
             }
         }
         let mut last = invalid("no key can verify this token (unknown kid or algorithm)");
@@ -278,7 +332,7 @@ impl JwtPolicy {
                     let claims = data.claims;
                     if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
                         if iat > now + self.leeway {
-                            return Err(invalid("the token is issued in the future"));
+                            return Step::Done(Err(invalid("the token is issued in the future")));
                         }
                     }
                     let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
@@ -287,7 +341,7 @@ impl JwtPolicy {
                         let expires = expires + self.leeway;
                         c.borrow_mut().put(self.scope, keys.generation, token.as_bytes(), expires, identity.clone());
                     });
-                    return Ok(identity);
+                    return Step::Done(Ok(identity));
                 }
                 Err(e) => {
                     last = match e.kind() {
@@ -295,20 +349,37 @@ impl JwtPolicy {
                         | ErrorKind::InvalidKeyFormat
                         | ErrorKind::InvalidRsaKey(_)
                         | ErrorKind::InvalidEcdsaKey => invalid("the token's signature is not valid"),
-                        ErrorKind::ExpiredSignature => return Err(invalid("the token has expired")),
-                        ErrorKind::ImmatureSignature => return Err(invalid("the token is not valid yet")),
-                        ErrorKind::InvalidIssuer => return Err(invalid("the token's issuer is not accepted")),
-                        ErrorKind::InvalidAudience => return Err(invalid("the token's audience is not accepted")),
+                        ErrorKind::ExpiredSignature => return Step::Done(Err(invalid("the token has expired"))),
+                        ErrorKind::ImmatureSignature => return Step::Done(Err(invalid("the token is not valid yet"))),
+                        ErrorKind::InvalidIssuer => {
+                            return Step::Done(Err(invalid("the token's issuer is not accepted")));
+                        }
+                        ErrorKind::InvalidAudience => {
+                            return Step::Done(Err(invalid("the token's audience is not accepted")));
+                        }
                         ErrorKind::MissingRequiredClaim(c) => {
-                            return Err(invalid(&format!("the token lacks the required claim `{c}`")));
+                            return Step::Done(Err(invalid(&format!("the token lacks the required claim `{c}`"))));
                         }
                         _ => invalid("the token is malformed"),
                     };
                 }
             }
         }
-        Err(last)
+        Step::Done(Err(last))
     }
+}
+
+/// Where verifying a token got to.
+enum Step<'a> {
+    Done(Result<Identity, ProxyError>),
+    /// Remote keys were never fetched.
+    FetchKeys(&'a Arc<JwksSource>),
+    /// The token names a `kid` the keys do not have: they may have rotated.
+    RefreshForKid(&'a Arc<JwksSource>, Arc<KeySet>),
+}
+
+fn keys_unavailable() -> ProxyError {
+    ProxyError::AuthUnavailable("the token's signing keys could not be fetched".into())
 }
 
 fn unix_now() -> u64 {
