@@ -551,11 +551,6 @@ fn routes(
                 "acl needs an authentication policy (api_key, basic_auth, hmac_auth, jwt or introspection) on the route, its listener or in the global policies",
             );
             check(
-                effective.rate_limit.as_ref().is_none_or(|l| !l.needs_identity() || effective.authenticates()),
-                format!("{base}.policies"),
-                "rate_limit counts by consumer or claim, which needs an authentication policy on the route, its listener or in the global policies",
-            );
-            check(
                 r.upstream.is_some() || effective.responds(),
                 base.clone(),
                 "a route needs an upstream, or a direct_response or redirect policy to answer by itself",

@@ -115,6 +115,26 @@ async fn the_demo_routes_authenticates_and_authorizes() {
     assert_eq!(put.header("allow"), Some("GET, POST"));
     assert_eq!(client.get("/nowhere").await.error_code(), "route_not_found");
 
+    // /tasks is limited per user: 10 at once, then 5 a second. Alice has used 2; a quick burst runs
+    // out (a few tokens may come back while it runs, never 5 within these few milliseconds).
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..16 {
+        let reply = client.request("GET", "/tasks", &[("authorization", &alice)], "").await;
+        statuses.push(reply.status.as_u16());
+        if reply.status == 429 && refused.is_none() {
+            refused = Some(reply);
+        }
+    }
+    assert!(statuses[..8].iter().all(|s| *s == 200), "{statuses:?}");
+    let refused = refused.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
+    assert_eq!(refused.error_code(), "rate_limited");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("ratelimit-policy"), Some("\"5/s\";q=10;w=2"));
+    assert!(refused.header("ratelimit").unwrap().starts_with("\"5/s\";r=0;"));
+    let admins = client.request("GET", "/tasks", &[("authorization", &admin)], "").await;
+    assert_eq!(admins.status, 200, "each user has their own allowance");
+
     let admin_api = demo.gateway.admin_addr().unwrap();
     let ready = crate::common::get(admin_api, "/ready").await;
     assert_eq!(ready.json()["ready"], true);

@@ -303,7 +303,6 @@ fn bad_rate_limits_are_refused_with_their_paths() {
         ("{ rate: 1/s, max_keys: 5 }", "max_keys", "between"),
         ("{ limits: [{ rate: 1/s }, { rate: 1/s }] }", "limits[1].name", "named"),
         ("{ limits: [{ rate: 1/s, name: \"a\\\"b\" }] }", "limits[0].name", "printable"),
-        ("{ rate: 1/s, key: consumer }", "policies", "needs an authentication policy"),
         ("{ rate: 1/s, algorithm: leaky }", "algorithm", "unknown variant"),
     ] {
         let yaml = routes(&app, policy);

@@ -71,10 +71,6 @@ impl KeyPart {
             }
         })
     }
-
-    pub fn needs_identity(&self) -> bool {
-        matches!(self, KeyPart::Consumer | KeyPart::Claim(_))
-    }
 }
 
 impl std::fmt::Display for KeyPart {

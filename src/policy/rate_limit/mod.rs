@@ -146,11 +146,6 @@ impl RateLimitPolicy {
         Ok(RateLimitPolicy { limits: limits.into(), headers, policy_header })
     }
 
-    /// Whether a limit counts by who the caller is (so the policy needs authentication first).
-    pub fn needs_identity(&self) -> bool {
-        self.limits.iter().any(|l| l.key.iter().any(KeyPart::needs_identity))
-    }
-
     /// Decides the request: `Err` (429) when a limit refuses it. Either way `report` receives
     /// what the client is told in the response headers.
     pub fn check(self: &Arc<Self>, source: &KeySource<'_>, report: &mut Option<RateReport>) -> Result<(), ProxyError> {
