@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
+use crate::policy::rate_limit::redis::RedisBackend;
 use crate::policy::{
     AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConsumerIndex, CorsPolicy, DirectResponse,
     ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy, RateLimitPolicy,
@@ -74,7 +75,15 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
             Arc::new(ConsumerIndex::default())
         }
     };
-    let global = policies(&config.policies, "policies", "global", ctx.registry, &consumers, &mut problems);
+    let redis = config.redis.as_ref().and_then(|r| match ctx.registry.redis(r) {
+        Ok(backend) => Some(backend),
+        Err((field, message)) => {
+            problems.add(format!("redis.{field}"), message);
+            None
+        }
+    });
+    let env = PolicyEnv { registry: ctx.registry, consumers: &consumers, redis: redis.as_ref() };
+    let global = policies(&config.policies, "policies", "global", &env, &mut problems);
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
@@ -90,15 +99,13 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                     &l.policies,
                     &format!("listeners[{i}].policies"),
                     &format!("listener:{}", l.name),
-                    ctx.registry,
-                    &consumers,
+                    &env,
                     &mut problems,
                 ),
             )
         })
         .collect();
-    let (routes, specs) =
-        routes(config, ctx.registry, &consumers, &server.path, &upstreams, &scopes, &listeners, &mut problems);
+    let (routes, specs) = routes(config, &env, &server.path, &upstreams, &scopes, &listeners, &mut problems);
 
     let access_log = if config.access_log.enabled && !ctx.dry_run {
         match AccessLogWriter::open(&config.access_log.path) {
@@ -367,14 +374,21 @@ fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
 
 // === policies ===
 
+/// What compiling a policy may need besides its own config.
+struct PolicyEnv<'a> {
+    registry: &'a Registry,
+    consumers: &'a Arc<ConsumerIndex>,
+    redis: Option<&'a Arc<RedisBackend>>,
+}
+
 fn policies(
     list: &[PolicyConfig],
     base: &str,
     scope: &str,
-    registry: &Registry,
-    consumers: &Arc<ConsumerIndex>,
+    env: &PolicyEnv<'_>,
     problems: &mut Problems,
 ) -> RoutePolicies {
+    let (registry, consumers) = (env.registry, env.consumers);
     let mut out = RoutePolicies::default();
     let mut kinds = HashSet::new();
     for (i, policy) in list.iter().enumerate() {
@@ -425,7 +439,7 @@ fn policies(
                 Ok(p) => out.forward_auth = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
-            PolicyConfig::RateLimit(c) => match RateLimitPolicy::compile(c, scope, registry) {
+            PolicyConfig::RateLimit(c) => match RateLimitPolicy::compile(c, scope, registry, env.redis) {
                 Ok(p) => out.rate_limit = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
@@ -483,8 +497,7 @@ type RouteSpecs = Vec<(RouteSpec, Option<BTreeSet<String>>)>;
 #[allow(clippy::too_many_arguments)]
 fn routes(
     config: &LocalConfig,
-    registry: &Registry,
-    consumers: &Arc<ConsumerIndex>,
+    env: &PolicyEnv<'_>,
     path_options: &PathOptions,
     upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
     scopes: &[RoutePolicies],
@@ -513,8 +526,7 @@ fn routes(
 
         let id = i as RouteId;
         let spec = route_spec(id, &name, r, &base, path_options, problems);
-        let own =
-            policies(&r.policies, &format!("{base}.policies"), &format!("route:{name}"), registry, consumers, problems);
+        let own = policies(&r.policies, &format!("{base}.policies"), &format!("route:{name}"), env, problems);
         if own.responds() && r.upstream.is_some() {
             problems.add(
                 format!("{base}.upstream"),

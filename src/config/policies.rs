@@ -481,6 +481,28 @@ pub struct RateLimitConfig {
     /// seen keys are forgotten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u64>,
+    /// `local` (default): counters in this node's memory. `redis`: counters shared by every
+    /// node through the top-level `redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<RateBackendConfig>,
+    /// With `backend: redis`, when Redis fails or is slower than its timeout: `local` (default)
+    /// decides with this node's own counters meanwhile; `deny` refuses with 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_redis_failure: Option<RedisFailureConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateBackendConfig {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailureConfig {
+    Local,
+    Deny,
 }
 
 /// One limit of a `rate_limit` policy.

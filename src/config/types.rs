@@ -41,6 +41,50 @@ pub struct LocalConfig {
     /// Known callers: applications and partners with their groups, plan and credentials.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<ConsumerConfig>,
+    /// The Redis (or Redis Cluster) that a fleet of gatehouse nodes shares counters through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where the shared counters live.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One Redis server: `redis://[user:password@]host:port[/db]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes (`redis://host:port`); the others are discovered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
+    /// The longest a request waits for Redis before the policy's failure mode applies. Default 50ms.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: DurationValue,
+    /// The longest a connection attempt takes. Default 1s.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout: DurationValue,
+    /// After a failure, how long requests skip Redis (using the failure mode straight away)
+    /// before trying it again. Default 1s.
+    #[serde(default = "default_redis_retry")]
+    pub retry_after: DurationValue,
+    /// Prepended to every key gatehouse writes. Default `gatehouse:`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> DurationValue {
+    DurationValue::millis(50)
+}
+
+fn default_redis_connect_timeout() -> DurationValue {
+    DurationValue::secs(1)
+}
+
+fn default_redis_retry() -> DurationValue {
+    DurationValue::secs(1)
+}
+
+fn default_redis_prefix() -> String {
+    "gatehouse:".into()
 }
 
 /// A known caller.

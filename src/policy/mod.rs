@@ -266,7 +266,11 @@ pub async fn apply_request_policies(
             query: facts.query,
             route_match: facts.route_match,
         };
-        limit.check(&source, &mut state.rate_report)?;
+        if limit.is_shared() {
+            Box::pin(limit.check_shared(&source, &mut state.rate_report)).await?;
+        } else {
+            limit.check(&source, &mut state.rate_report)?;
+        }
     }
     if let Some(filter) = &policies.request_headers {
         filter.apply(headers);

@@ -37,6 +37,8 @@ pub enum ProxyError {
     AuthUnavailable(String),
     #[error("too many requests: the limit \"{limit}\" is used up; retry in {retry_after} s")]
     RateLimited { retry_after: u64, limit: Box<str> },
+    #[error("the rate limit cannot be checked: its shared counters are unavailable")]
+    RateLimitUnavailable,
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request target is longer than {limit} bytes")]
@@ -77,6 +79,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -99,6 +102,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -126,7 +130,9 @@ impl ProxyError {
             | ProxyError::UpstreamConnectTimeout
             | ProxyError::UpstreamFailed(_)
             | ProxyError::UpstreamTimeout(_) => ErrorSource::Upstream,
-            ProxyError::NoEndpoint(_) | ProxyError::RouteTimeout(_) => ErrorSource::Internal,
+            ProxyError::NoEndpoint(_) | ProxyError::RouteTimeout(_) | ProxyError::RateLimitUnavailable => {
+                ErrorSource::Internal
+            }
             ProxyError::AuthUnavailable(_) => ErrorSource::Upstream,
         }
     }

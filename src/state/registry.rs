@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::policy::jwt::keys::JwksSource;
 use crate::policy::rate_limit::local::LocalStore;
+use crate::policy::rate_limit::redis::RedisBackend;
 use crate::upstream::EndpointState;
 
 #[derive(Default)]
@@ -18,6 +19,7 @@ pub struct Registry {
     balancers: Mutex<HashMap<String, Weak<BalancerState>>>,
     jwks: Mutex<HashMap<String, Weak<JwksSource>>>,
     rate_limits: Mutex<HashMap<String, Weak<LocalStore>>>,
+    redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -76,6 +78,19 @@ impl Registry {
         let store = Arc::new(make());
         map.insert(fingerprint.to_owned(), Arc::downgrade(&store));
         store
+    }
+
+    /// The Redis backend with these settings: its connections and health survive reloads.
+    pub fn redis(&self, config: &crate::config::RedisConfig) -> Result<Arc<RedisBackend>, (String, String)> {
+        let key = crate::policy::rate_limit::redis::fingerprint(config);
+        let mut map = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(backend) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(backend);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let backend = Arc::new(RedisBackend::new(config)?);
+        map.insert(key, Arc::downgrade(&backend));
+        Ok(backend)
     }
 
     /// Every live limit's store (for the idle-key sweep).

@@ -12,6 +12,7 @@ mod hostile;
 mod introspection;
 mod proxy;
 mod rate_limit;
+mod rate_limit_redis;
 mod reload;
 mod routing;
 mod timeouts;

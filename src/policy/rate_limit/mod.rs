@@ -8,6 +8,7 @@
 pub mod algorithm;
 pub mod key;
 pub mod local;
+pub mod redis;
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
@@ -16,13 +17,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{LimitConfig, RateAlgorithmConfig, RateHeadersConfig, RateLimitConfig};
+use crate::config::{
+    LimitConfig, RateAlgorithmConfig, RateBackendConfig, RateHeadersConfig, RateLimitConfig, RedisFailureConfig,
+};
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
 
 pub use algorithm::{Algorithm, Decision};
 pub use key::{KeyPart, KeySource};
 use local::LocalStore;
+use redis::RedisBackend;
 
 const DEFAULT_MAX_KEYS: u64 = 100_000;
 const MAX_LIMITS: usize = 16;
@@ -38,6 +42,27 @@ pub struct RateLimitPolicy {
     headers: HeaderStyle,
     /// `RateLimit-Policy`, the same on every response.
     policy_header: HeaderValue,
+    /// With `backend: redis`; the local stores then serve as the fallback.
+    shared: Option<Shared>,
+}
+
+/// The Redis side of a policy: its limits grouped by key, one script call per group.
+struct Shared {
+    backend: Arc<RedisBackend>,
+    deny_on_failure: bool,
+    groups: Box<[Group]>,
+}
+
+/// Limits that count by the same key: their Redis keys share a hash tag (one slot, one call).
+struct Group {
+    key: Box<[KeyPart]>,
+    limits: Box<[usize]>,
+    /// The hash tag's first half: which policy and key this is.
+    tag: String,
+    /// Per limit: what follows the hash tag (which limit, with which settings).
+    suffixes: Box<[String]>,
+    /// The script's arguments: three per limit.
+    args: Box<[u64]>,
 }
 
 struct Limit {
@@ -58,7 +83,8 @@ enum HeaderStyle {
 /// What the limits said about an admitted request, for its response headers.
 pub struct RateReport {
     policy: Arc<RateLimitPolicy>,
-    decisions: Box<[Decision]>,
+    /// Per limit; `None` for a limit not asked (an earlier one already refused).
+    decisions: Box<[Option<Decision>]>,
 }
 
 impl RateLimitPolicy {
@@ -68,6 +94,7 @@ impl RateLimitPolicy {
         config: &RateLimitConfig,
         scope: &str,
         registry: &Registry,
+        redis: Option<&Arc<RedisBackend>>,
     ) -> Result<RateLimitPolicy, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let default_key = match &config.key {
@@ -127,6 +154,23 @@ impl RateLimitPolicy {
             let store = registry.rate_limit_store(&fingerprint, || LocalStore::new(algorithm, max_keys as usize));
             limits.push(Limit { name: name.into(), key: key.into(), store });
         }
+        let shared = match (config.backend.unwrap_or(RateBackendConfig::Local), redis) {
+            (RateBackendConfig::Local, _) => {
+                if config.on_redis_failure.is_some() {
+                    errors.push(("on_redis_failure".into(), "applies to `backend: redis` only".into()));
+                }
+                None
+            }
+            (RateBackendConfig::Redis, None) => {
+                errors.push(("backend".into(), "`backend: redis` needs a top-level `redis` (url or cluster)".into()));
+                None
+            }
+            (RateBackendConfig::Redis, Some(backend)) => Some(Shared {
+                backend: backend.clone(),
+                deny_on_failure: config.on_redis_failure == Some(RedisFailureConfig::Deny),
+                groups: groups(scope, &limits),
+            }),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -143,11 +187,16 @@ impl RateLimitPolicy {
             let _ = write!(policy_header, "{sep}\"{}\";q={quota};w={}", limit.name, ceil_secs(window_ns));
         }
         let policy_header = HeaderValue::from_str(&policy_header).map_err(|_| vec![("".into(), "bad names".into())])?;
-        Ok(RateLimitPolicy { limits: limits.into(), headers, policy_header })
+        Ok(RateLimitPolicy { limits: limits.into(), headers, policy_header, shared })
     }
 
-    /// Decides the request: `Err` (429) when a limit refuses it. Either way `report` receives
-    /// what the client is told in the response headers.
+    /// Whether deciding needs a round trip (`backend: redis`): then call `check_shared`.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Decides the request with this node's counters: `Err` (429) when a limit refuses it. Either
+    /// way `report` receives what the client is told in the response headers.
     pub fn check(self: &Arc<Self>, source: &KeySource<'_>, report: &mut Option<RateReport>) -> Result<(), ProxyError> {
         let now = now_ns();
         let mut decisions = Vec::with_capacity(self.limits.len());
@@ -157,25 +206,156 @@ impl RateLimitPolicy {
             key::write_key(&limit.key, source, &mut hasher);
             keys[i] = hasher.finish();
             let decision = limit.store.decide(keys[i], now);
-            decisions.push(decision);
+            decisions.push(Some(decision));
             if !decision.allowed {
                 for ((earlier, key), d) in self.limits[..i].iter().zip(keys).zip(decisions.iter_mut()) {
                     earlier.store.refund(key, now);
-                    *d = earlier.store.algorithm().refunded(*d);
+                    *d = d.map(|d| earlier.store.algorithm().refunded(d));
                 }
                 *report = self.report(decisions);
-                let retry_after = ceil_secs(decision.retry_after_ns).max(1);
-                return Err(ProxyError::RateLimited { retry_after, limit: limit.name.clone() });
+                return Err(self.refusal(i, &decision));
             }
         }
         *report = self.report(decisions);
         Ok(())
     }
 
-    fn report(self: &Arc<Self>, decisions: Vec<Decision>) -> Option<RateReport> {
+    /// Decides the request with the counters in Redis, one round trip per group of limits that
+    /// share a key (usually one). When Redis fails, the policy's failure mode decides.
+    pub async fn check_shared(
+        self: &Arc<Self>,
+        source: &KeySource<'_>,
+        report: &mut Option<RateReport>,
+    ) -> Result<(), ProxyError> {
+        let Some(shared) = &self.shared else { return self.check(source, report) };
+        if !shared.backend.available() {
+            return self.fail_over(shared, source, report);
+        }
+        let mut decisions: Vec<Option<Decision>> = vec![None; self.limits.len()];
+        let mut taken: Vec<(Vec<String>, &[u64])> = Vec::new();
+        for group in shared.groups.iter() {
+            let keys = group.redis_keys(shared.backend.prefix(), source);
+            let answer = match shared.backend.decide(&keys, &group.args).await {
+                Ok(reply) => redis::parse_reply(&reply, group.limits.len())
+                    .ok_or_else(|| format!("unexpected answer from the rate-limit script: {reply:?}")),
+                Err(e) => Err(e),
+            };
+            let (refused, group_decisions) = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::debug!("rate limit: {e}");
+                    self.give_back(shared, taken);
+                    return self.fail_over(shared, source, report);
+                }
+            };
+            for (&i, d) in group.limits.iter().zip(group_decisions) {
+                decisions[i] = Some(d);
+            }
+            if let Some(r) = refused {
+                // Nothing of this group was written; what earlier groups took is given back.
+                for (i, d) in decisions.iter_mut().enumerate() {
+                    if i != group.limits[r] {
+                        let algorithm = self.limits[i].store.algorithm();
+                        *d = d.map(|d| if d.allowed { algorithm.refunded(d) } else { d });
+                    }
+                }
+                self.give_back(shared, taken);
+                let index = group.limits[r];
+                let refusal = decisions[index].unwrap_or(Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_ns: 0,
+                    retry_after_ns: 0,
+                });
+                *report = self.report(decisions);
+                return Err(self.refusal(index, &refusal));
+            }
+            taken.push((keys, &group.args));
+        }
+        *report = self.report(decisions);
+        Ok(())
+    }
+
+    fn fail_over(
+        self: &Arc<Self>,
+        shared: &Shared,
+        source: &KeySource<'_>,
+        report: &mut Option<RateReport>,
+    ) -> Result<(), ProxyError> {
+        if shared.deny_on_failure {
+            return Err(ProxyError::RateLimitUnavailable);
+        }
+        self.check(source, report)
+    }
+
+    /// Refunds, in the background, what earlier groups took in Redis.
+    fn give_back(&self, shared: &Shared, taken: Vec<(Vec<String>, &[u64])>) {
+        for (keys, args) in taken {
+            let backend = shared.backend.clone();
+            let args = args.to_vec();
+            tokio::spawn(async move {
+                let _ = backend.refund(&keys, &args).await;
+            });
+        }
+    }
+
+    fn refusal(&self, index: usize, decision: &Decision) -> ProxyError {
+        let retry_after = ceil_secs(decision.retry_after_ns).max(1);
+        ProxyError::RateLimited { retry_after, limit: self.limits[index].name.clone() }
+    }
+
+    fn report(self: &Arc<Self>, decisions: Vec<Option<Decision>>) -> Option<RateReport> {
         (self.headers != HeaderStyle::None)
             .then(|| RateReport { policy: self.clone(), decisions: decisions.into_boxed_slice() })
     }
+}
+
+impl Group {
+    fn redis_keys(&self, prefix: &str, source: &KeySource<'_>) -> Vec<String> {
+        let mut bytes = key::KeyBytes::default();
+        key::write_key(&self.key, source, &mut bytes);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes.0);
+        let key = hex(&digest.as_ref()[..12]);
+        self.suffixes.iter().map(|suffix| format!("{prefix}rl:{{{}:{key}}}:{suffix}", self.tag)).collect()
+    }
+}
+
+/// Groups the limits by key, and names their Redis keys from the scope and settings only, so
+/// every node with the same config uses the same keys.
+fn groups(scope: &str, limits: &[Limit]) -> Box<[Group]> {
+    let mut out: Vec<Group> = Vec::new();
+    for (i, limit) in limits.iter().enumerate() {
+        let args = redis::script_args(limit.store.algorithm());
+        let suffix = short_hash(&format!("{}|{args:?}", limit.name), 4);
+        if let Some(group) = out.iter_mut().find(|g| g.key == limit.key) {
+            let mut list = group.limits.to_vec();
+            list.push(i);
+            group.limits = list.into();
+            group.suffixes = group.suffixes.iter().cloned().chain([suffix]).collect();
+            group.args = group.args.iter().copied().chain(args).collect();
+        } else {
+            let keys = limit.key.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            out.push(Group {
+                key: limit.key.clone(),
+                limits: [i].into(),
+                tag: short_hash(&format!("{scope}|{keys}"), 6),
+                suffixes: [suffix].into(),
+                args: args.into(),
+            });
+        }
+    }
+    out.into()
+}
+
+fn short_hash(text: &str, bytes: usize) -> String {
+    hex(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..bytes])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 impl RateReport {
@@ -185,8 +365,9 @@ impl RateReport {
         if matches!(policy.headers, HeaderStyle::Ietf | HeaderStyle::Both) {
             headers.insert(RATELIMIT_POLICY.clone(), policy.policy_header.clone());
             let mut value = String::with_capacity(32 * self.decisions.len());
-            for (i, (limit, d)) in policy.limits.iter().zip(self.decisions.iter()).enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
+            for (limit, d) in policy.limits.iter().zip(self.decisions.iter()) {
+                let Some(d) = d else { continue };
+                let sep = if value.is_empty() { "" } else { ", " };
                 let _ = write!(value, "{sep}\"{}\";r={};t={}", limit.name, d.remaining, ceil_secs(d.reset_ns));
             }
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -199,6 +380,7 @@ impl RateReport {
                 .limits
                 .iter()
                 .zip(self.decisions.iter())
+                .filter_map(|(limit, d)| Some((limit, d.as_ref()?)))
                 .min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset_ns.cmp(&a.reset_ns)))
             else {
                 return;

@@ -1,0 +1,269 @@
+//! `rate_limit` with `backend: redis`, against a real redis-server: one limit shared by several
+//! gateways, the script's arithmetic against the local algorithms, and what happens when Redis
+//! dies, comes back, or stops answering.
+
+use std::time::{Duration, Instant};
+
+use gatehouse::policy::rate_limit::algorithm::{Algorithm, State};
+use gatehouse::policy::rate_limit::redis::{DECIDE_LUA, REFUND_LUA, parse_reply, script_args};
+
+use crate::common::redis::RedisServer;
+use crate::common::{Client, Reply, TestGateway, Upstream};
+
+fn config(app: &Upstream, redis: &RedisServer, policy: &str) -> String {
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+redis: {{ url: "{}", timeout: 200ms, retry_after: 300ms }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - name: limited
+    match: {{ path: "/api/**" }}
+    upstream: app
+    policies:
+      - rate_limit: {policy}
+"#,
+        redis.url(),
+        app.url()
+    )
+}
+
+async fn get(client: &mut Client, path: &str) -> Reply {
+    client.request("GET", path, &[], "").await
+}
+
+#[tokio::test]
+async fn gateways_sharing_redis_enforce_one_limit_together() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let yaml = config(&app, &redis, "{ rate: 6/min, backend: redis }");
+    let (one, two) = (TestGateway::start(&yaml), TestGateway::start(&yaml));
+    let mut a = Client::connect(one.addr()).await;
+    let mut b = Client::connect(two.addr()).await;
+
+    let first = get(&mut a, "/api/x").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit"), Some("\"6/min\";r=5;t=10"), "same headers as the local backend");
+    let mut admitted = 1;
+    for i in 0..11 {
+        let reply = if i % 2 == 0 { get(&mut b, "/api/x").await } else { get(&mut a, "/api/x").await };
+        match reply.status.as_u16() {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(reply.error_code(), "rate_limited");
+                assert_eq!(reply.header("retry-after"), Some("10"));
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    assert_eq!(admitted, 6, "two nodes, one limit of 6");
+    assert_eq!(app.requests(), 6);
+    // The state lives in Redis, under the configured prefix, with a hash tag and an expiry.
+    let keys = redis.command(&["--scan", "--pattern", "gatehouse:rl:*"]).unwrap();
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].contains('{') && keys[0].contains('}'), "{}", keys[0]);
+    let ttl: i64 = redis.command(&["PTTL", keys[0]]).unwrap().trim().parse().unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "the key lives until the bucket is full again: {ttl} ms");
+}
+
+#[tokio::test]
+async fn stacked_limits_in_redis_write_nothing_when_one_refuses() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let policy = "{ backend: redis, limits: [{ rate: 5/min, name: minute }, { rate: 2/hour, algorithm: fixed_window, name: hour }, { rate: 3/hour, key: global, algorithm: sliding_window, name: all }] }";
+    let gw = TestGateway::start(&config(&app, &redis, policy));
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(get(&mut client, "/api/x").await.status, 200);
+    assert_eq!(get(&mut client, "/api/x").await.status, 200);
+    let refused = get(&mut client, "/api/x").await;
+    assert_eq!(refused.status, 429);
+    let ratelimit = refused.header("ratelimit").unwrap().to_owned();
+    assert!(ratelimit.starts_with("\"minute\";r=3;"), "the minute limit was not charged: {ratelimit}");
+    assert!(ratelimit.contains("\"hour\";r=0;"), "{ratelimit}");
+    assert!(!ratelimit.contains("\"all\""), "a limit in a later group was not asked: {ratelimit}");
+    // `all` counts by another key (its own Redis call): the two admitted requests are in it, the
+    // refused ones are not.
+    gw.reload_with(&config(
+        &app,
+        &redis,
+        "{ backend: redis, limits: [{ rate: 3/hour, key: global, algorithm: sliding_window, name: all }] }",
+    ));
+    let reply = get(&mut client, "/api/x").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("ratelimit").map(|v| v.split(";t=").next().unwrap().to_owned()),
+        Some("\"all\";r=0".into())
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_falls_back_to_local_counts_and_recovers() {
+    let mut redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&config(&app, &redis, "{ rate: 3/min, backend: redis }"));
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(get(&mut client, "/api/x").await.status, 200);
+
+    redis.kill();
+    // The default failure mode: this node's own counters decide, with the same limit; no 5xx.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&mut client, "/api/x").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "local counting started from zero");
+
+    redis.restart();
+    // After `retry_after` (300ms) Redis is tried again; its count (1) is the one that counts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reply = get(&mut client, "/api/x").await;
+        if reply.status == 200 {
+            // Redis was restarted empty: this is its first request.
+            assert_eq!(reply.header("ratelimit"), Some("\"3/min\";r=2;t=20"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis was never used again");
+    }
+    assert_eq!(redis.command(&["DBSIZE"]).unwrap().trim(), "1");
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_503_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&config(&app, &redis, "{ rate: 3/min, backend: redis, on_redis_failure: deny }"));
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(get(&mut client, "/api/x").await.status, 200);
+    redis.kill();
+    let reply = get(&mut client, "/api/x").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.error_code(), "rate_limit_unavailable");
+    assert_eq!(app.requests(), 1);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut client, "/api/x").await.status != 200 {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_delays_requests_by_the_timeout_at_most() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&config(&app, &redis, "{ rate: 100/min, backend: redis }"));
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(get(&mut client, "/api/x").await.status, 200);
+    redis.pause();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let reply = get(&mut client, "/api/x").await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    redis.resume();
+    // 200ms timeout: the first request waits for it, the next ones skip Redis for 300ms. Generous
+    // bounds: this is about not hanging, not about speed.
+    assert!(slowest < Duration::from_secs(2), "a request took {slowest:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "ten requests took {:?}", started.elapsed());
+}
+
+#[test]
+fn bad_redis_settings_are_refused() {
+    let app = Upstream::echo("app");
+    let base = |redis: &str, policy: &str| {
+        format!(
+            r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+{redis}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: r, match: {{ path: "/**" }}, upstream: app, policies: [{{ rate_limit: {policy} }}] }}
+"#,
+            app.url()
+        )
+    };
+    for (yaml, needle) in [
+        (base("", "{ rate: 1/s, backend: redis }"), "needs a top-level `redis`"),
+        (base("redis: { url: \"http://x\" }", "{ rate: 1/s, backend: redis }"), "invalid Redis URL"),
+        (base("redis: {}", "{ rate: 1/s }"), "give the `url`"),
+        (base("redis: { url: \"redis://a\", cluster: [\"redis://b\"] }", "{ rate: 1/s }"), "not both"),
+        (base("", "{ rate: 1/s, on_redis_failure: deny }"), "applies to `backend: redis` only"),
+    ] {
+        let err = match TestGateway::try_start(&yaml) {
+            Ok(_) => panic!("accepted: {yaml}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+/// The Lua script and `algorithm.rs` are two spellings of one arithmetic: run the same request
+/// times through both and compare every decision.
+#[tokio::test]
+async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let decide = redis::Script::new(DECIDE_LUA);
+    let refund = redis::Script::new(REFUND_LUA);
+    const MS: u64 = 1_000_000;
+    let algorithms = [
+        Algorithm::TokenBucket { interval_ns: 200 * MS, burst: 10 },
+        Algorithm::TokenBucket { interval_ns: 7 * MS, burst: 1 },
+        Algorithm::FixedWindow { window_ns: 1000 * MS, limit: 5 },
+        Algorithm::SlidingWindow { window_ns: 1000 * MS, limit: 7 },
+        Algorithm::SlidingWindow { window_ns: 60_000 * MS, limit: 1 },
+    ];
+    let mut rng = fastrand::Rng::with_seed(7);
+    for (n, algorithm) in algorithms.iter().enumerate() {
+        let key = format!("check:{n}");
+        let args = script_args(algorithm);
+        let mut state = State::default();
+        let mut now = 1_700_000_000_000 * MS; // microsecond-aligned, like the script's clock
+        for step in 0..400 {
+            now += rng.u64(0..120) * MS / 4 + rng.u64(0..1000) * 1000;
+            let expected = algorithm.decide(&mut state, now);
+            let reply: Vec<i64> = decide
+                .key(&key)
+                .arg(now / 1000)
+                .arg(args[0])
+                .arg(args[1])
+                .arg(args[2])
+                .invoke_async(&mut conn)
+                .await
+                .unwrap();
+            // The script sets expiries by this made-up clock; Redis would apply them by its own.
+            let _: i64 = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
+            let (refused, got) = parse_reply(&reply, 1).unwrap();
+            assert_eq!(refused.is_some(), !expected.allowed, "{algorithm:?} step {step}");
+            let got = got[0];
+            let same = (got.allowed, got.remaining, got.reset_ns);
+            assert_eq!(same, (expected.allowed, expected.remaining, expected.reset_ns), "{algorithm:?} step {step}");
+            // The script works in whole microseconds: a sliding window's retry time may be
+            // rounded down by less than one.
+            assert!(
+                expected.retry_after_ns.abs_diff(got.retry_after_ns) < 1000,
+                "{algorithm:?} step {step}: retry {} against {}",
+                got.retry_after_ns,
+                expected.retry_after_ns
+            );
+            if expected.allowed && step % 5 == 0 {
+                algorithm.refund(&mut state, now);
+                let _: i64 = refund
+                    .key(&key)
+                    .arg(now / 1000)
+                    .arg(args[0])
+                    .arg(args[1])
+                    .arg(args[2])
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
