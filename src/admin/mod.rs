@@ -66,6 +66,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/routes", get(routes))
         .route("/reloads", get(reloads))
         .route("/reload", post(reload))
+        .route("/consumers/{name}/usage", get(usage))
         .with_state(shared)
 }
 
@@ -98,6 +99,35 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         })
         .collect();
     Json(json!({"generation": snap.generation, "listeners": listeners}))
+}
+
+/// What a consumer has used of its quotas and per-consumer rate limits, on every route.
+async fn usage(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    let snap = shared.snapshot.load();
+    let Some(consumer) = snap.consumers.by_name(&name).cloned() else {
+        let body = json!({"error": {"status": 404, "code": "consumer_not_found", "message": format!("no consumer is named \"{name}\"")}});
+        return (StatusCode::NOT_FOUND, Json(body));
+    };
+    // Each policy once, however many routes share it (a global policy is shared by all).
+    let mut policies: Vec<Arc<crate::policy::RateLimitPolicy>> = Vec::new();
+    for route in &snap.routes {
+        for listener in 0..snap.listeners.len() {
+            let p = route.policies(listener);
+            for policy in [&p.rate_limit, &p.quota].into_iter().flatten() {
+                if !policies.iter().any(|known| Arc::ptr_eq(known, policy)) {
+                    policies.push(policy.clone());
+                }
+            }
+        }
+    }
+    let mut limits = Vec::new();
+    for policy in policies {
+        limits.extend(policy.usage(&consumer).await);
+    }
+    (StatusCode::OK, Json(json!({"consumer": &*consumer.name, "plan": consumer.plan.as_deref(), "limits": limits})))
 }
 
 async fn reloads(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

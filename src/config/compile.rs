@@ -443,6 +443,10 @@ fn policies(
                 Ok(p) => out.rate_limit = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::Quota(c) => match RateLimitPolicy::compile_quota(c, scope, registry, env.redis) {
+                Ok(p) => out.quota = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
             PolicyConfig::Authorize(c) => match AuthorizePolicy::compile(c) {
                 Ok(p) => out.authorize = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -483,6 +487,7 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         authorize: route.authorize.or_else(|| global.authorize.clone()),
         acl: route.acl.or_else(|| global.acl.clone()),
         rate_limit: route.rate_limit.or_else(|| global.rate_limit.clone()),
+        quota: route.quota.or_else(|| global.quota.clone()),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
         response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
         direct_response: route.direct_response.or_else(|| global.direct_response.clone()),

@@ -37,6 +37,8 @@ pub enum PolicyConfig {
     Acl(AclConfig),
     /// Limit how often a caller (an address, a consumer, a token's subject …) may call.
     RateLimit(Box<RateLimitConfig>),
+    /// How many requests a consumer may make per day or month, by plan.
+    Quota(Box<QuotaConfig>),
     /// Change the request headers sent upstream.
     RequestHeaders(HeaderFilterConfig),
     /// Change the response headers sent to the client.
@@ -62,6 +64,7 @@ impl PolicyConfig {
             PolicyConfig::Authorize(_) => "authorize",
             PolicyConfig::Acl(_) => "acl",
             PolicyConfig::RateLimit(_) => "rate_limit",
+            PolicyConfig::Quota(_) => "quota",
             PolicyConfig::RequestHeaders(_) => "request_headers",
             PolicyConfig::ResponseHeaders(_) => "response_headers",
             PolicyConfig::DirectResponse(_) => "direct_response",
@@ -541,4 +544,33 @@ pub enum RateHeadersConfig {
     XRatelimit,
     Both,
     None,
+}
+
+/// `quota`: how many requests a consumer may make per period, by the consumer's plan.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// `day` or `month` (calendar periods, UTC: they reset at midnight and on the 1st), or a
+    /// duration for a rolling period (`30d`, `7d`, `12h`).
+    pub period: String,
+    /// The quota of consumers whose plan is not listed under `plans`, and of callers without a
+    /// consumer. Without it, they have no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// The quota by the consumer's plan, e.g. `{free: 1000, pro: 100000}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, u64>,
+    /// What is counted together. Default `consumer` (callers without one: their address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<OneOrMany<String>>,
+    /// As for `rate_limit`. Default `ietf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RateHeadersConfig>,
+    /// As for `rate_limit`: `local` (default) or `redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<RateBackendConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_redis_failure: Option<RedisFailureConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u64>,
 }

@@ -387,6 +387,10 @@ impl ConsumerIndex {
         self.jwt_subjects.get(value).and_then(|i| self.consumers.get(*i))
     }
 
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.iter().find(|c| &*c.name == name)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.consumers.iter().map(|c| &*c.name)
     }

@@ -64,6 +64,7 @@ pub struct RoutePolicies {
     pub authorize: Option<Arc<AuthorizePolicy>>,
     pub acl: Option<Arc<AclPolicy>>,
     pub rate_limit: Option<Arc<RateLimitPolicy>>,
+    pub quota: Option<Arc<RateLimitPolicy>>,
     pub request_headers: Option<Arc<HeaderFilter>>,
     pub response_headers: Option<Arc<HeaderFilter>>,
     pub direct_response: Option<Arc<DirectResponse>>,
@@ -106,6 +107,9 @@ impl RoutePolicies {
         }
         if self.rate_limit.is_some() {
             names.push("rate_limit");
+        }
+        if self.quota.is_some() {
+            names.push("quota");
         }
         if self.request_headers.is_some() {
             names.push("request_headers");
@@ -180,8 +184,9 @@ pub struct RequestState {
     pub query_edit: QueryEdit,
     /// The body must match a signed digest before it is forwarded (`hmac_auth`).
     pub body_check: Option<hmac_auth::BodyCheck>,
-    /// What `rate_limit` tells the client, on whatever response the request gets.
+    /// What `rate_limit` and `quota` tell the client, on whatever response the request gets.
     pub rate_report: Option<rate_limit::RateReport>,
+    pub quota_report: Option<rate_limit::RateReport>,
 }
 
 /// Runs the route's request policies in their fixed order.
@@ -197,9 +202,10 @@ pub struct RequestState {
 /// 4. `forward_auth`: the authorization service sees the request as authenticated by 3 (with the
 ///    headers 3 set), and its verdict comes before the local authorization rules.
 /// 5. `authorize`, `acl`: need the identity from 3.
-/// 6. `rate_limit`: after authentication, so limits can be per caller, and so that
+/// 6. `rate_limit`, then `quota`: after authentication, so limits can be per caller, and so that
 ///    unauthenticated floods are refused before they use up anyone's allowance; after
-///    authorization, so requests that would be refused anyway cost no allowance either.
+///    authorization, so requests that would be refused anyway cost no allowance either. The
+///    short-term rate limit comes before the quota, so a burst it refuses uses no quota.
 /// 7. request filters (`request_headers`): after authentication, so a filter cannot forge what
 ///    authentication checks, and before answering locally, so a `direct_response` sees the same
 ///    request an upstream would.
@@ -270,6 +276,22 @@ pub async fn apply_request_policies(
             Box::pin(limit.check_shared(&source, &mut state.rate_report)).await?;
         } else {
             limit.check(&source, &mut state.rate_report)?;
+        }
+    }
+    if let Some(quota) = &policies.quota {
+        let source = rate_limit::KeySource {
+            client: facts.client,
+            identity: state.identity.as_ref(),
+            route: facts.route_name,
+            headers,
+            path: facts.path,
+            query: facts.query,
+            route_match: facts.route_match,
+        };
+        if quota.is_shared() {
+            Box::pin(quota.check_shared(&source, &mut state.quota_report)).await?;
+        } else {
+            quota.check(&source, &mut state.quota_report)?;
         }
     }
     if let Some(filter) = &policies.request_headers {

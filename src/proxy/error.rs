@@ -35,8 +35,8 @@ pub enum ProxyError {
     Forbidden { message: String, insufficient_scope: bool },
     #[error("{0}")]
     AuthUnavailable(String),
-    #[error("too many requests: the limit \"{limit}\" is used up; retry in {retry_after} s")]
-    RateLimited { retry_after: u64, limit: Box<str> },
+    #[error("{}", if *quota { format!("the quota \"{limit}\" is used up; it renews in {retry_after} s") } else { format!("too many requests: the limit \"{limit}\" is used up; retry in {retry_after} s") })]
+    RateLimited { retry_after: u64, limit: Box<str>, quota: bool },
     #[error("the rate limit cannot be checked: its shared counters are unavailable")]
     RateLimitUnavailable,
     #[error("the request body is larger than {limit} bytes")]
@@ -101,7 +101,8 @@ impl ProxyError {
             ProxyError::Unauthorized { error: None, .. } => "unauthorized",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
-            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::RateLimited { quota: false, .. } => "rate_limited",
+            ProxyError::RateLimited { quota: true, .. } => "quota_exceeded",
             ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",

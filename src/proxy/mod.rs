@@ -66,9 +66,10 @@ impl HttpProxy {
                 user_agent: req.headers().get(header::USER_AGENT),
             },
         );
-        let mut exchange = Exchange { snap: &snap, conn, log, request_id: None, start, cors: None, rate_report: None };
+        let mut exchange =
+            Exchange { snap: &snap, conn, log, request_id: None, start, cors: None, rate_reports: [None, None] };
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, cors, rate_report, .. } = exchange;
+        let Exchange { mut log, request_id, cors, rate_reports, .. } = exchange;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -85,7 +86,7 @@ impl HttpProxy {
         if let Some((cors, origin)) = cors {
             cors.apply(&origin, response.headers_mut());
         }
-        if let Some(report) = rate_report {
+        for report in rate_reports.iter().flatten() {
             report.apply(response.headers_mut());
         }
         log.set_status(response.status().as_u16());
@@ -103,8 +104,8 @@ struct Exchange<'a> {
     start: Instant,
     /// The route's CORS policy and the request's Origin, for the response.
     cors: Option<(std::sync::Arc<crate::policy::CorsPolicy>, HeaderValue)>,
-    /// What the rate limits tell the client, on every response (a 429 included).
-    rate_report: Option<crate::policy::rate_limit::RateReport>,
+    /// What the rate limit and the quota tell the client, on every response (a 429 included).
+    rate_reports: [Option<crate::policy::rate_limit::RateReport>; 2],
 }
 
 impl Exchange<'_> {
@@ -207,7 +208,7 @@ impl Exchange<'_> {
         if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
             self.log.set_consumer(&consumer.name);
         }
-        self.rate_report = state.rate_report.take();
+        self.rate_reports = [state.rate_report.take(), state.quota_report.take()];
         let outcome = outcome?;
         if let PolicyOutcome::Respond(mut response) = outcome {
             policy::apply_response_policies(policies, response.headers_mut());

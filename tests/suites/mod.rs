@@ -11,6 +11,7 @@ mod hmac_auth;
 mod hostile;
 mod introspection;
 mod proxy;
+mod quota;
 mod rate_limit;
 mod rate_limit_redis;
 mod reload;

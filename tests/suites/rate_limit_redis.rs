@@ -218,19 +218,24 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
         Algorithm::FixedWindow { window_ns: 1000 * MS, limit: 5 },
         Algorithm::SlidingWindow { window_ns: 1000 * MS, limit: 7 },
         Algorithm::SlidingWindow { window_ns: 60_000 * MS, limit: 1 },
+        Algorithm::CalendarMonth { limit: 30 },
     ];
     let mut rng = fastrand::Rng::with_seed(7);
     for (n, algorithm) in algorithms.iter().enumerate() {
         let key = format!("check:{n}");
-        let args = script_args(algorithm);
         let mut state = State::default();
         let mut now = 1_700_000_000_000 * MS; // microsecond-aligned, like the script's clock
         for step in 0..400 {
             now += rng.u64(0..120) * MS / 4 + rng.u64(0..1000) * 1000;
+            if matches!(algorithm, Algorithm::CalendarMonth { .. }) {
+                now += rng.u64(0..3) * 86_400_000 * MS; // days, to cross month ends
+            }
+            let args = script_args(algorithm, now);
             let expected = algorithm.decide(&mut state, now);
             let reply: Vec<i64> = decide
                 .key(&key)
                 .arg(now / 1000)
+                .arg(1)
                 .arg(args[0])
                 .arg(args[1])
                 .arg(args[2])
@@ -257,6 +262,7 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
                 let _: i64 = refund
                     .key(&key)
                     .arg(now / 1000)
+                    .arg(1)
                     .arg(args[0])
                     .arg(args[1])
                     .arg(args[2])
@@ -266,4 +272,48 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_monthly_quota_in_redis_and_its_usage_read_out() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let yaml = format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+redis: {{ url: "{}" }}
+consumers:
+  - {{ name: alice, plan: free, credentials: [{{ api_key: "alice-key-0123456789" }}] }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+policies:
+  - api_key: {{}}
+  - quota: {{ period: month, plans: {{ free: 3 }}, backend: redis }}
+routes:
+  - {{ name: a, match: {{ path: "/a/**" }}, upstream: app }}
+  - {{ name: b, match: {{ path: "/b/**" }}, upstream: app }}
+"#,
+        redis.url(),
+        app.url()
+    );
+    let (one, two) = (TestGateway::start(&yaml), TestGateway::start(&yaml));
+    let key = [("x-api-key", "alice-key-0123456789")];
+    let mut a = Client::connect(one.addr()).await;
+    let mut b = Client::connect(two.addr()).await;
+    assert_eq!(a.request("GET", "/a/x", &key, "").await.status, 200);
+    assert_eq!(b.request("GET", "/b/x", &key, "").await.status, 200, "a global quota spans routes and nodes");
+    let usage = crate::common::get(one.gateway.admin_addr().unwrap(), "/consumers/alice/usage").await.json();
+    let quota = &usage["limits"][0];
+    assert_eq!(quota["backend"], "redis");
+    assert_eq!(quota["scope"], "global");
+    assert_eq!(
+        (quota["limit"].as_u64(), quota["used"].as_u64(), quota["remaining"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    let renews = quota["resets_in_seconds"].as_u64().unwrap();
+    assert!((1..=31 * 86_400).contains(&renews), "renews at the start of next month: {renews}");
+    assert_eq!(a.request("GET", "/a/x", &key, "").await.status, 200, "reading the usage used none of it");
+    let refused = b.request("GET", "/a/x", &key, "").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.error_code(), "quota_exceeded");
 }

@@ -23,6 +23,9 @@ pub enum Algorithm {
     /// window, plus the current count. `state[0]` = window index + 1, `state[1]` = current
     /// count, `state[2]` = previous count.
     SlidingWindow { window_ns: u64, limit: u64 },
+    /// At most `limit` requests per calendar month (UTC). `state[0]` = month index + 1 (months
+    /// since January 1970), `state[1]` = count.
+    CalendarMonth { limit: u64 },
 }
 
 /// The outcome for one limit.
@@ -45,6 +48,7 @@ impl Algorithm {
             Algorithm::FixedWindow { window_ns, limit } | Algorithm::SlidingWindow { window_ns, limit } => {
                 (limit, window_ns)
             }
+            Algorithm::CalendarMonth { limit } => (limit, 30 * DAY_NS),
         }
     }
 
@@ -55,7 +59,15 @@ impl Algorithm {
             Algorithm::TokenBucket { interval_ns, burst } => gcra(state, now, interval_ns, burst),
             Algorithm::FixedWindow { window_ns, limit } => fixed_window(state, now, window_ns, limit),
             Algorithm::SlidingWindow { window_ns, limit } => sliding_window(state, now, window_ns, limit),
+            Algorithm::CalendarMonth { limit } => calendar_month(state, now, limit),
         }
+    }
+
+    /// What the key has left at `now`, without using any of it.
+    pub fn peek(&self, state: &State, now: u64) -> Decision {
+        let mut copy = *state;
+        let decision = self.decide(&mut copy, now);
+        if decision.allowed { self.refunded(decision) } else { decision }
     }
 
     /// Gives back what an allowed request took (another limit of the same policy refused it).
@@ -67,6 +79,11 @@ impl Algorithm {
             }
             Algorithm::FixedWindow { window_ns, .. } | Algorithm::SlidingWindow { window_ns, .. } => {
                 if state[0] == (now / window_ns).saturating_add(1) {
+                    state[1] = state[1].saturating_sub(1);
+                }
+            }
+            Algorithm::CalendarMonth { .. } => {
+                if state[0] == month_of(now).0 + 1 {
                     state[1] = state[1].saturating_sub(1);
                 }
             }
@@ -90,8 +107,66 @@ impl Algorithm {
             // The window after the current one still reads the current count (as "previous").
             Algorithm::FixedWindow { window_ns, .. } => state[0].saturating_mul(window_ns),
             Algorithm::SlidingWindow { window_ns, .. } => state[0].saturating_add(1).saturating_mul(window_ns),
+            Algorithm::CalendarMonth { .. } => match state[0] {
+                0 => 0,
+                index => month_start(index),
+            },
         }
     }
+}
+
+const DAY_NS: u64 = 86_400_000_000_000;
+
+fn calendar_month(state: &mut State, now: u64, limit: u64) -> Decision {
+    let (month, end) = month_of(now);
+    if state[0] != month + 1 {
+        *state = [month + 1, 0, 0];
+    }
+    let reset = end - now;
+    if state[1] >= limit {
+        return Decision { allowed: false, remaining: 0, reset_ns: reset, retry_after_ns: reset };
+    }
+    state[1] += 1;
+    Decision { allowed: true, remaining: limit - state[1], reset_ns: reset, retry_after_ns: 0 }
+}
+
+/// The month of `now` (months since January 1970, UTC) and when it ends (ns since the epoch).
+pub fn month_of(now: u64) -> (u64, u64) {
+    let (year, month, _) = civil_from_days((now / DAY_NS) as i64);
+    let index = (year - 1970) as u64 * 12 + (month - 1) as u64;
+    (index, month_start(index + 1))
+}
+
+/// When month `index` (months since January 1970) starts, in ns since the epoch.
+fn month_start(index: u64) -> u64 {
+    let year = 1970 + (index / 12) as i64;
+    let month = (index % 12) as u32 + 1;
+    (days_from_civil(year, month, 1).max(0) as u64).saturating_mul(DAY_NS)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 fn gcra(state: &mut State, now: u64, interval: u64, burst: u64) -> Decision {
@@ -308,6 +383,35 @@ mod tests {
     }
 
     #[test]
+    fn calendar_months_follow_the_calendar() {
+        let day = DAY_NS;
+        // 2024-02-29 (a leap day): the month ends on 2024-03-01, 00:00 UTC.
+        let leap_day = days_from_civil(2024, 2, 29) as u64 * day;
+        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+        let (index, end) = month_of(leap_day + 12 * 3600 * 1_000_000_000);
+        assert_eq!(index, 54 * 12 + 1);
+        assert_eq!(end, days_from_civil(2024, 3, 1) as u64 * day);
+        assert_eq!(month_of(end).0, index + 1, "the next month starts exactly at the end");
+        assert_eq!(month_of(end - 1).0, index);
+        assert_eq!(month_of(days_from_civil(2026, 12, 31) as u64 * day).1, days_from_civil(2027, 1, 1) as u64 * day);
+        for days in (0..40_000).step_by(37) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+
+        let alg = Algorithm::CalendarMonth { limit: 2 };
+        let mut st = State::default();
+        let t = leap_day;
+        assert_eq!(run(alg, &mut st, t, 3), vec![true, true, false]);
+        let refused = alg.decide(&mut st, t);
+        assert_eq!(refused.retry_after_ns, day, "one day to March");
+        assert_eq!(alg.peek(&st, t).remaining, 0);
+        assert_eq!(run(alg, &mut st, end, 3), vec![true, true, false], "March starts afresh");
+        assert_eq!(alg.idle_at(&st), days_from_civil(2024, 4, 1) as u64 * day);
+        assert_eq!(alg.peek(&State::default(), end).remaining, 2, "peeking takes nothing");
+    }
+
+    #[test]
     fn huge_and_tiny_settings_do_not_overflow() {
         for alg in [
             Algorithm::TokenBucket { interval_ns: u64::MAX / 2, burst: u64::MAX },
@@ -315,6 +419,7 @@ mod tests {
             Algorithm::FixedWindow { window_ns: u64::MAX, limit: u64::MAX },
             Algorithm::SlidingWindow { window_ns: u64::MAX, limit: u64::MAX },
             Algorithm::SlidingWindow { window_ns: 1, limit: 1 },
+            Algorithm::CalendarMonth { limit: u64::MAX },
         ] {
             let mut st = State::default();
             for now in [0, 1, S, u64::MAX / 2, u64::MAX - 1] {

@@ -109,11 +109,17 @@ const MAX_PART: usize = 256;
 pub fn write_key(parts: &[KeyPart], source: &KeySource<'_>, out: &mut impl Hasher) {
     for part in parts {
         match value_of(part, source) {
-            Some(Value::Text(text)) => tagged(out, 1, text.as_bytes()),
+            Some(Value::Text(text)) => write_value(out, text),
             Some(Value::Empty) => tagged(out, 2, b""),
             None => write_ip(out, source.client),
         }
     }
+}
+
+/// Writes a part's value: what `write_key` writes for a part whose value is `text` (so the key
+/// of consumer `alice` under `key: consumer` can be made without a request).
+pub fn write_value(out: &mut impl Hasher, text: &str) {
+    tagged(out, 1, text.as_bytes());
 }
 
 enum Value<'a> {

@@ -67,6 +67,12 @@ impl LocalStore {
         decision
     }
 
+    /// What `key` has left at `now`, without using any of it.
+    pub fn peek(&self, key: u64, now: u64) -> Decision {
+        let state = self.shard(key).map.get(&key).map(|e| e.state).unwrap_or_default();
+        self.algorithm.peek(&state, now)
+    }
+
     /// Gives back what `decide` took for `key` (another limit refused the request).
     pub fn refund(&self, key: u64, now: u64) {
         if let Some(entry) = self.shard(key).map.get_mut(&key) {

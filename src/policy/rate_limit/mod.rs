@@ -17,8 +17,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::units::DurationValue;
 use crate::config::{
-    LimitConfig, RateAlgorithmConfig, RateBackendConfig, RateHeadersConfig, RateLimitConfig, RedisFailureConfig,
+    LimitConfig, QuotaConfig, RateAlgorithmConfig, RateBackendConfig, RateHeadersConfig, RateLimitConfig,
+    RedisFailureConfig,
 };
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
@@ -44,6 +46,26 @@ pub struct RateLimitPolicy {
     policy_header: HeaderValue,
     /// With `backend: redis`; the local stores then serve as the fallback.
     shared: Option<Shared>,
+    /// A `quota` (its refusals say `quota_exceeded`).
+    quota: bool,
+    /// Where it is configured (`global`, `listener:NAME`, `route:NAME`).
+    scope: Box<str>,
+}
+
+/// One limit's use by one consumer (the admin API's usage read-out).
+#[derive(Debug, serde::Serialize)]
+pub struct Usage {
+    pub policy: &'static str,
+    pub scope: Box<str>,
+    pub name: Box<str>,
+    pub backend: &'static str,
+    pub limit: u64,
+    pub window_seconds: u64,
+    pub used: u64,
+    pub remaining: u64,
+    pub resets_in_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The Redis side of a policy: its limits grouped by key, one script call per group.
@@ -61,8 +83,7 @@ struct Group {
     tag: String,
     /// Per limit: what follows the hash tag (which limit, with which settings).
     suffixes: Box<[String]>,
-    /// The script's arguments: three per limit.
-    args: Box<[u64]>,
+    algorithms: Box<[Algorithm]>,
 }
 
 struct Limit {
@@ -70,6 +91,23 @@ struct Limit {
     name: Box<str>,
     key: Box<[KeyPart]>,
     store: Arc<LocalStore>,
+    /// A quota's limit applies to consumers of one plan, or of the plans not listed.
+    plan: Option<PlanFilter>,
+}
+
+enum PlanFilter {
+    Only(Box<str>),
+    Others(Box<[Box<str>]>),
+}
+
+impl Limit {
+    fn applies(&self, plan: Option<&str>) -> bool {
+        match &self.plan {
+            None => true,
+            Some(PlanFilter::Only(p)) => plan == Some(&**p),
+            Some(PlanFilter::Others(listed)) => plan.is_none_or(|plan| !listed.iter().any(|p| &**p == plan)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +140,9 @@ impl RateLimitPolicy {
             None => vec![KeyPart::ClientIp],
         };
         let default_algorithm = config.algorithm.unwrap_or(RateAlgorithmConfig::TokenBucket);
-        let mut specs: Vec<(String, LimitConfig)> = Vec::new();
+        let mut configs: Vec<(String, LimitConfig)> = Vec::new();
         match (&config.rate, config.limits.is_empty()) {
-            (Some(rate), true) => specs.push((
+            (Some(rate), true) => configs.push((
                 String::new(),
                 LimitConfig { rate: *rate, burst: config.burst, key: None, algorithm: None, name: None },
             )),
@@ -112,82 +150,158 @@ impl RateLimitPolicy {
                 if config.burst.is_some() {
                     errors.push(("burst".into(), "with `limits`, give each limit its own burst".into()));
                 }
-                specs.extend(config.limits.iter().enumerate().map(|(i, l)| (format!("limits[{i}]."), l.clone())));
+                configs.extend(config.limits.iter().enumerate().map(|(i, l)| (format!("limits[{i}]."), l.clone())));
             }
             (Some(_), false) => errors.push(("rate".into(), "give either `rate` or `limits`, not both".into())),
             (None, true) => errors.push(("rate".into(), "a rate_limit needs a `rate` (e.g. 10/s) or `limits`".into())),
         }
-        if specs.len() > MAX_LIMITS {
-            errors.push(("limits".into(), format!("at most {MAX_LIMITS} limits per policy")));
-        }
-        let max_keys = config.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
-        if !(100..=100_000_000).contains(&max_keys) {
-            errors.push(("max_keys".into(), "must be between 100 and 100000000".into()));
-        }
-        let mut limits = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for (path, spec) in &specs {
-            let key = match &spec.key {
+        let mut specs = Vec::new();
+        for (path, limit) in configs {
+            let key = match &limit.key {
                 Some(k) => parse_key(k.as_slice(), &format!("{path}key"), &mut errors),
                 None => default_key.clone(),
             };
-            let algorithm = match algorithm_of(spec, spec.algorithm.unwrap_or(default_algorithm)) {
-                Ok(a) => a,
-                Err(message) => {
-                    errors.push((format!("{path}burst"), message));
-                    continue;
+            match algorithm_of(&limit, limit.algorithm.unwrap_or(default_algorithm)) {
+                Ok(algorithm) => specs.push(Spec {
+                    name: limit.name.clone().unwrap_or_else(|| limit.rate.to_string()),
+                    path,
+                    key,
+                    algorithm,
+                    plan: None,
+                }),
+                Err(message) => errors.push((format!("{path}burst"), message)),
+            }
+        }
+        let common = Common {
+            headers: config.headers,
+            max_keys: config.max_keys,
+            backend: config.backend,
+            on_redis_failure: config.on_redis_failure,
+            quota: false,
+        };
+        build(specs, &common, scope, registry, redis, errors)
+    }
+
+    /// A `quota`: one limit per plan (and one for the others), counting per consumer by default.
+    pub fn compile_quota(
+        config: &QuotaConfig,
+        scope: &str,
+        registry: &Registry,
+        redis: Option<&Arc<RedisBackend>>,
+    ) -> Result<RateLimitPolicy, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let key = match &config.key {
+            Some(k) => parse_key(k.as_slice(), "key", &mut errors),
+            None => vec![KeyPart::Consumer],
+        };
+        let period = config.period.trim();
+        let algorithm = |limit: u64| -> Option<Algorithm> {
+            Some(match period {
+                "day" | "daily" => Algorithm::FixedWindow { window_ns: 86_400_000_000_000, limit },
+                "month" | "monthly" => Algorithm::CalendarMonth { limit },
+                other => {
+                    let window = other.parse::<DurationValue>().ok()?.get();
+                    let window_ns = u64::try_from(window.as_nanos()).ok()?;
+                    Algorithm::SlidingWindow { window_ns, limit }
                 }
+            })
+        };
+        match algorithm(1) {
+            None => errors.push((
+                "period".into(),
+                format!("\"{period}\" is not a period: day, month, or a duration for a rolling period (30d, 7d)"),
+            )),
+            Some(Algorithm::SlidingWindow { window_ns, .. }) if window_ns < 60_000_000_000 => {
+                errors.push(("period".into(), "a rolling period is at least 1m (use rate_limit below that)".into()));
+            }
+            Some(_) => {}
+        }
+        if config.limit.is_none() && config.plans.is_empty() {
+            errors.push(("limit".into(), "a quota needs a `limit`, or `plans` with a limit each".into()));
+        }
+        let mut specs = Vec::new();
+        for (plan, &limit) in &config.plans {
+            if let Some(algorithm) = algorithm(limit) {
+                let plan_filter = Some(PlanFilter::Only(plan.as_str().into()));
+                specs.push(Spec {
+                    path: format!("plans.{plan}"),
+                    name: plan.clone(),
+                    key: key.clone(),
+                    algorithm,
+                    plan: plan_filter,
+                });
+            }
+        }
+        if let Some(algorithm) = config.limit.and_then(algorithm) {
+            let others = config.plans.keys().map(|p| Box::from(p.as_str())).collect();
+            specs.push(Spec {
+                path: "limit".into(),
+                name: "default".into(),
+                key: key.clone(),
+                algorithm,
+                plan: Some(PlanFilter::Others(others)),
+            });
+        }
+        for spec in &specs {
+            if let Algorithm::FixedWindow { limit: 0, .. }
+            | Algorithm::CalendarMonth { limit: 0 }
+            | Algorithm::SlidingWindow { limit: 0, .. } = spec.algorithm
+            {
+                errors.push((spec.path.clone(), "a quota of 0 admits nothing: it must be at least 1".into()));
+            }
+        }
+        let common = Common {
+            headers: config.headers,
+            max_keys: config.max_keys,
+            backend: config.backend,
+            on_redis_failure: config.on_redis_failure,
+            quota: true,
+        };
+        build(specs, &common, scope, registry, redis, errors)
+    }
+
+    /// What `consumer` has used of each limit that counts per consumer (`key: consumer`) and
+    /// applies to its plan, without using any of it.
+    pub async fn usage(&self, consumer: &crate::policy::Consumer) -> Vec<Usage> {
+        let now = now_ns();
+        let mut out = Vec::new();
+        for (i, limit) in self.limits.iter().enumerate() {
+            if *limit.key != [KeyPart::Consumer] || !limit.applies(consumer.plan.as_deref()) {
+                continue;
+            }
+            let algorithm = limit.store.algorithm();
+            let (quota, window_ns) = algorithm.quota();
+            let mut usage = Usage {
+                policy: if self.quota { "quota" } else { "rate_limit" },
+                scope: self.scope.clone(),
+                name: limit.name.clone(),
+                backend: if self.shared.is_some() { "redis" } else { "local" },
+                limit: quota,
+                window_seconds: ceil_secs(window_ns),
+                used: 0,
+                remaining: 0,
+                resets_in_seconds: 0,
+                error: None,
             };
-            let name = spec.name.clone().unwrap_or_else(|| spec.rate.to_string());
-            if name.is_empty() || !name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-                errors.push((format!("{path}name"), "must be printable ASCII without quotes or backslashes".into()));
-                continue;
-            }
-            if !names.insert(name.clone()) {
-                errors.push((format!("{path}name"), format!("two limits are named \"{name}\": name them apart")));
-                continue;
-            }
-            let fingerprint = format!(
-                "{scope}|{}|{algorithm:?}|{max_keys}",
-                key.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-            );
-            let store = registry.rate_limit_store(&fingerprint, || LocalStore::new(algorithm, max_keys as usize));
-            limits.push(Limit { name: name.into(), key: key.into(), store });
-        }
-        let shared = match (config.backend.unwrap_or(RateBackendConfig::Local), redis) {
-            (RateBackendConfig::Local, _) => {
-                if config.on_redis_failure.is_some() {
-                    errors.push(("on_redis_failure".into(), "applies to `backend: redis` only".into()));
+            let decision = match &self.shared {
+                None => {
+                    let mut hasher = hasher();
+                    key::write_value(&mut hasher, &consumer.name);
+                    Ok(limit.store.peek(hasher.finish(), now))
                 }
-                None
+                Some(shared) => shared.peek(i, &consumer.name, algorithm, now).await,
+            };
+            match decision {
+                Ok(d) => {
+                    usage.remaining = d.remaining;
+                    usage.used = quota.saturating_sub(d.remaining);
+                    usage.resets_in_seconds = ceil_secs(d.reset_ns);
+                }
+                Err(e) => usage.error = Some(e),
             }
-            (RateBackendConfig::Redis, None) => {
-                errors.push(("backend".into(), "`backend: redis` needs a top-level `redis` (url or cluster)".into()));
-                None
-            }
-            (RateBackendConfig::Redis, Some(backend)) => Some(Shared {
-                backend: backend.clone(),
-                deny_on_failure: config.on_redis_failure == Some(RedisFailureConfig::Deny),
-                groups: groups(scope, &limits),
-            }),
-        };
-        if !errors.is_empty() {
-            return Err(errors);
+            out.push(usage);
         }
-        let headers = match config.headers.unwrap_or(RateHeadersConfig::Ietf) {
-            RateHeadersConfig::Ietf => HeaderStyle::Ietf,
-            RateHeadersConfig::XRatelimit => HeaderStyle::XRateLimit,
-            RateHeadersConfig::Both => HeaderStyle::Both,
-            RateHeadersConfig::None => HeaderStyle::None,
-        };
-        let mut policy_header = String::new();
-        for (i, limit) in limits.iter().enumerate() {
-            let (quota, window_ns) = limit.store.algorithm().quota();
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(policy_header, "{sep}\"{}\";q={quota};w={}", limit.name, ceil_secs(window_ns));
-        }
-        let policy_header = HeaderValue::from_str(&policy_header).map_err(|_| vec![("".into(), "bad names".into())])?;
-        Ok(RateLimitPolicy { limits: limits.into(), headers, policy_header, shared })
+        out
     }
 
     /// Whether deciding needs a round trip (`backend: redis`): then call `check_shared`.
@@ -199,9 +313,14 @@ impl RateLimitPolicy {
     /// way `report` receives what the client is told in the response headers.
     pub fn check(self: &Arc<Self>, source: &KeySource<'_>, report: &mut Option<RateReport>) -> Result<(), ProxyError> {
         let now = now_ns();
+        let plan = plan_of(source);
         let mut decisions = Vec::with_capacity(self.limits.len());
         let mut keys = [0u64; MAX_LIMITS];
         for (i, limit) in self.limits.iter().enumerate() {
+            if !limit.applies(plan) {
+                decisions.push(None);
+                continue;
+            }
             let mut hasher = hasher();
             key::write_key(&limit.key, source, &mut hasher);
             keys[i] = hasher.finish();
@@ -209,8 +328,10 @@ impl RateLimitPolicy {
             decisions.push(Some(decision));
             if !decision.allowed {
                 for ((earlier, key), d) in self.limits[..i].iter().zip(keys).zip(decisions.iter_mut()) {
-                    earlier.store.refund(key, now);
-                    *d = d.map(|d| earlier.store.algorithm().refunded(d));
+                    if d.is_some() {
+                        earlier.store.refund(key, now);
+                        *d = d.map(|d| earlier.store.algorithm().refunded(d));
+                    }
                 }
                 *report = self.report(decisions);
                 return Err(self.refusal(i, &decision));
@@ -232,11 +353,20 @@ impl RateLimitPolicy {
             return self.fail_over(shared, source, report);
         }
         let mut decisions: Vec<Option<Decision>> = vec![None; self.limits.len()];
-        let mut taken: Vec<(Vec<String>, &[u64])> = Vec::new();
+        let now = now_ns();
+        let mut taken: Vec<(Vec<String>, Vec<u64>)> = Vec::new();
+        let plan = plan_of(source);
         for group in shared.groups.iter() {
-            let keys = group.redis_keys(shared.backend.prefix(), source);
-            let answer = match shared.backend.decide(&keys, &group.args).await {
-                Ok(reply) => redis::parse_reply(&reply, group.limits.len())
+            // The group's limits that apply to this caller (a quota's plans), by position.
+            let active: Vec<usize> =
+                (0..group.limits.len()).filter(|&j| self.limits[group.limits[j]].applies(plan)).collect();
+            if active.is_empty() {
+                continue;
+            }
+            let keys = group.redis_keys(shared.backend.prefix(), source, &active);
+            let args: Vec<u64> = active.iter().flat_map(|&j| redis::script_args(&group.algorithms[j], now)).collect();
+            let answer = match shared.backend.decide(&keys, &args).await {
+                Ok(reply) => redis::parse_reply(&reply, active.len())
                     .ok_or_else(|| format!("unexpected answer from the rate-limit script: {reply:?}")),
                 Err(e) => Err(e),
             };
@@ -248,19 +378,19 @@ impl RateLimitPolicy {
                     return self.fail_over(shared, source, report);
                 }
             };
-            for (&i, d) in group.limits.iter().zip(group_decisions) {
-                decisions[i] = Some(d);
+            for (&j, d) in active.iter().zip(group_decisions) {
+                decisions[group.limits[j]] = Some(d);
             }
             if let Some(r) = refused {
+                let index = group.limits[active[r]];
                 // Nothing of this group was written; what earlier groups took is given back.
                 for (i, d) in decisions.iter_mut().enumerate() {
-                    if i != group.limits[r] {
+                    if i != index {
                         let algorithm = self.limits[i].store.algorithm();
                         *d = d.map(|d| if d.allowed { algorithm.refunded(d) } else { d });
                     }
                 }
                 self.give_back(shared, taken);
-                let index = group.limits[r];
                 let refusal = decisions[index].unwrap_or(Decision {
                     allowed: false,
                     remaining: 0,
@@ -270,7 +400,7 @@ impl RateLimitPolicy {
                 *report = self.report(decisions);
                 return Err(self.refusal(index, &refusal));
             }
-            taken.push((keys, &group.args));
+            taken.push((keys, args));
         }
         *report = self.report(decisions);
         Ok(())
@@ -289,10 +419,9 @@ impl RateLimitPolicy {
     }
 
     /// Refunds, in the background, what earlier groups took in Redis.
-    fn give_back(&self, shared: &Shared, taken: Vec<(Vec<String>, &[u64])>) {
+    fn give_back(&self, shared: &Shared, taken: Vec<(Vec<String>, Vec<u64>)>) {
         for (keys, args) in taken {
             let backend = shared.backend.clone();
-            let args = args.to_vec();
             tokio::spawn(async move {
                 let _ = backend.refund(&keys, &args).await;
             });
@@ -301,7 +430,7 @@ impl RateLimitPolicy {
 
     fn refusal(&self, index: usize, decision: &Decision) -> ProxyError {
         let retry_after = ceil_secs(decision.retry_after_ns).max(1);
-        ProxyError::RateLimited { retry_after, limit: self.limits[index].name.clone() }
+        ProxyError::RateLimited { retry_after, limit: self.limits[index].name.clone(), quota: self.quota }
     }
 
     fn report(self: &Arc<Self>, decisions: Vec<Option<Decision>>) -> Option<RateReport> {
@@ -310,14 +439,41 @@ impl RateLimitPolicy {
     }
 }
 
+impl Shared {
+    /// What the consumer named `consumer` has left of limit `index` in Redis.
+    async fn peek(&self, index: usize, consumer: &str, algorithm: &Algorithm, now: u64) -> Result<Decision, String> {
+        let Some((group, j)) =
+            self.groups.iter().find_map(|g| g.limits.iter().position(|&l| l == index).map(|j| (g, j)))
+        else {
+            return Err("not in Redis".into());
+        };
+        let mut bytes = key::KeyBytes::default();
+        key::write_value(&mut bytes, consumer);
+        let key = group.redis_key(self.backend.prefix(), &bytes.0, j);
+        let reply = self.backend.peek(&[key], &redis::script_args(algorithm, now)).await?;
+        let (_, decisions) = redis::parse_reply(&reply, 1).ok_or("unexpected answer from Redis")?;
+        let d = decisions[0];
+        Ok(if d.allowed { algorithm.refunded(d) } else { d })
+    }
+}
+
 impl Group {
-    fn redis_keys(&self, prefix: &str, source: &KeySource<'_>) -> Vec<String> {
+    fn redis_key(&self, prefix: &str, key_bytes: &[u8], position: usize) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key_bytes);
+        format!("{prefix}rl:{{{}:{}}}:{}", self.tag, hex(&digest.as_ref()[..12]), self.suffixes[position])
+    }
+
+    /// The Redis keys of the limits at positions `active`.
+    fn redis_keys(&self, prefix: &str, source: &KeySource<'_>, active: &[usize]) -> Vec<String> {
         let mut bytes = key::KeyBytes::default();
         key::write_key(&self.key, source, &mut bytes);
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes.0);
-        let key = hex(&digest.as_ref()[..12]);
-        self.suffixes.iter().map(|suffix| format!("{prefix}rl:{{{}:{key}}}:{suffix}", self.tag)).collect()
+        active.iter().map(|&j| self.redis_key(prefix, &bytes.0, j)).collect()
     }
+}
+
+/// The plan of the request's consumer, for quotas by plan.
+fn plan_of<'a>(source: &KeySource<'a>) -> Option<&'a str> {
+    source.identity?.consumer.as_ref()?.plan.as_deref()
 }
 
 /// Groups the limits by key, and names their Redis keys from the scope and settings only, so
@@ -325,14 +481,12 @@ impl Group {
 fn groups(scope: &str, limits: &[Limit]) -> Box<[Group]> {
     let mut out: Vec<Group> = Vec::new();
     for (i, limit) in limits.iter().enumerate() {
-        let args = redis::script_args(limit.store.algorithm());
-        let suffix = short_hash(&format!("{}|{args:?}", limit.name), 4);
+        let algorithm = *limit.store.algorithm();
+        let suffix = short_hash(&format!("{}|{algorithm:?}", limit.name), 4);
         if let Some(group) = out.iter_mut().find(|g| g.key == limit.key) {
-            let mut list = group.limits.to_vec();
-            list.push(i);
-            group.limits = list.into();
+            group.limits = group.limits.iter().copied().chain([i]).collect();
             group.suffixes = group.suffixes.iter().cloned().chain([suffix]).collect();
-            group.args = group.args.iter().copied().chain(args).collect();
+            group.algorithms = group.algorithms.iter().copied().chain([algorithm]).collect();
         } else {
             let keys = limit.key.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
             out.push(Group {
@@ -340,7 +494,7 @@ fn groups(scope: &str, limits: &[Limit]) -> Box<[Group]> {
                 limits: [i].into(),
                 tag: short_hash(&format!("{scope}|{keys}"), 6),
                 suffixes: [suffix].into(),
-                args: args.into(),
+                algorithms: [algorithm].into(),
             });
         }
     }
@@ -363,15 +517,23 @@ impl RateReport {
     pub fn apply(&self, headers: &mut HeaderMap) {
         let policy = &self.policy;
         if matches!(policy.headers, HeaderStyle::Ietf | HeaderStyle::Both) {
-            headers.insert(RATELIMIT_POLICY.clone(), policy.policy_header.clone());
+            // Several policies (a rate limit and a quota) each add their items: the fields are lists.
+            if self.decisions.iter().all(Option::is_some) {
+                headers.append(RATELIMIT_POLICY.clone(), policy.policy_header.clone());
+            } else {
+                let decided = policy.limits.iter().zip(self.decisions.iter()).filter(|(_, d)| d.is_some());
+                if let Some(value) = policy_header(decided.map(|(l, _)| l)) {
+                    headers.append(RATELIMIT_POLICY.clone(), value);
+                }
+            }
             let mut value = String::with_capacity(32 * self.decisions.len());
             for (limit, d) in policy.limits.iter().zip(self.decisions.iter()) {
                 let Some(d) = d else { continue };
                 let sep = if value.is_empty() { "" } else { ", " };
                 let _ = write!(value, "{sep}\"{}\";r={};t={}", limit.name, d.remaining, ceil_secs(d.reset_ns));
             }
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(RATELIMIT.clone(), v);
+            if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(&value)) {
+                headers.append(RATELIMIT.clone(), v);
             }
         }
         if matches!(policy.headers, HeaderStyle::XRateLimit | HeaderStyle::Both) {
@@ -385,12 +547,121 @@ impl RateReport {
             else {
                 return;
             };
+            // Another policy's report (a quota beside a rate limit) may have written them already:
+            // the one with fewer requests left stays.
+            let written = headers.get(&X_RATELIMIT_REMAINING).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if written.is_some_and(|left| left <= d.remaining) {
+                return;
+            }
             let (quota, _) = limit.store.algorithm().quota();
             headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(quota));
             headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(d.remaining));
             headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(ceil_secs(d.reset_ns)));
         }
     }
+}
+
+/// One limit as configured, before its counters are found.
+struct Spec {
+    path: String,
+    name: String,
+    key: Vec<KeyPart>,
+    algorithm: Algorithm,
+    plan: Option<PlanFilter>,
+}
+
+/// What `rate_limit` and `quota` configure alike.
+struct Common {
+    headers: Option<RateHeadersConfig>,
+    max_keys: Option<u64>,
+    backend: Option<RateBackendConfig>,
+    on_redis_failure: Option<RedisFailureConfig>,
+    quota: bool,
+}
+
+fn build(
+    specs: Vec<Spec>,
+    common: &Common,
+    scope: &str,
+    registry: &Registry,
+    redis: Option<&Arc<RedisBackend>>,
+    mut errors: Vec<(String, String)>,
+) -> Result<RateLimitPolicy, Vec<(String, String)>> {
+    if specs.len() > MAX_LIMITS {
+        errors.push(("limits".into(), format!("at most {MAX_LIMITS} limits per policy")));
+    }
+    let max_keys = common.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+    if !(100..=100_000_000).contains(&max_keys) {
+        errors.push(("max_keys".into(), "must be between 100 and 100000000".into()));
+    }
+    let kind = if common.quota { "quota" } else { "rate" };
+    let mut limits = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for spec in specs {
+        let Spec { path, name, key, algorithm, plan } = spec;
+        let name_path = if path.is_empty() || path.ends_with('.') { format!("{path}name") } else { path.clone() };
+        if name.is_empty() || !name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+            errors.push((name_path, "must be printable ASCII without quotes or backslashes".into()));
+            continue;
+        }
+        if !names.insert(name.clone()) {
+            errors.push((name_path, format!("two limits are named \"{name}\": name them apart")));
+            continue;
+        }
+        let fingerprint = format!(
+            "{kind}|{scope}|{name}|{}|{algorithm:?}|{max_keys}",
+            key.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        );
+        let store = registry.rate_limit_store(&fingerprint, || LocalStore::new(algorithm, max_keys as usize));
+        limits.push(Limit { name: name.into(), key: key.into(), store, plan });
+    }
+    let shared = match (common.backend.unwrap_or(RateBackendConfig::Local), redis) {
+        (RateBackendConfig::Local, _) => {
+            if common.on_redis_failure.is_some() {
+                errors.push(("on_redis_failure".into(), "applies to `backend: redis` only".into()));
+            }
+            None
+        }
+        (RateBackendConfig::Redis, None) => {
+            errors.push(("backend".into(), "`backend: redis` needs a top-level `redis` (url or cluster)".into()));
+            None
+        }
+        (RateBackendConfig::Redis, Some(backend)) => Some(Shared {
+            backend: backend.clone(),
+            deny_on_failure: common.on_redis_failure == Some(RedisFailureConfig::Deny),
+            groups: groups(&format!("{kind}|{scope}"), &limits),
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let headers = match common.headers.unwrap_or(RateHeadersConfig::Ietf) {
+        RateHeadersConfig::Ietf => HeaderStyle::Ietf,
+        RateHeadersConfig::XRatelimit => HeaderStyle::XRateLimit,
+        RateHeadersConfig::Both => HeaderStyle::Both,
+        RateHeadersConfig::None => HeaderStyle::None,
+    };
+    let policy_header = policy_header(limits.iter())
+        .ok_or_else(|| vec![(String::new(), "the limits' names make an invalid header".into())])?;
+    Ok(RateLimitPolicy {
+        limits: limits.into(),
+        headers,
+        policy_header,
+        shared,
+        quota: common.quota,
+        scope: scope.into(),
+    })
+}
+
+/// `RateLimit-Policy` for these limits.
+fn policy_header<'a>(limits: impl Iterator<Item = &'a Limit>) -> Option<HeaderValue> {
+    let mut value = String::new();
+    for limit in limits {
+        let (quota, window_ns) = limit.store.algorithm().quota();
+        let sep = if value.is_empty() { "" } else { ", " };
+        let _ = write!(value, "{sep}\"{}\";q={quota};w={}", limit.name, ceil_secs(window_ns));
+    }
+    HeaderValue::from_str(&value).ok()
 }
 
 fn parse_key(parts: &[String], path: &str, errors: &mut Vec<(String, String)>) -> Vec<KeyPart> {

@@ -29,8 +29,10 @@ use crate::transport::clock;
 pub const DECIDE_LUA: &str = r#"
 -- KEYS[i]: limit i's state, "a b c" (three integers), or absent (a fresh key).
 -- ARGV[1]: now in microseconds since the epoch, or 0 for the server's own clock.
--- ARGV[3i-1], ARGV[3i], ARGV[3i+1]: limit i's kind (1 token bucket, 2 fixed window,
---   3 sliding window) and its two parameters: interval and burst, or window and limit (µs, count).
+-- ARGV[2]: 1 to decide, 0 to only look (nothing is written).
+-- ARGV[3i], ARGV[3i+1], ARGV[3i+2]: limit i's kind (1 token bucket, 2 fixed window,
+--   3 sliding window, 4 calendar month) and its two parameters: interval and burst, window and
+--   limit, or the month's end and limit (µs, count).
 -- Returns {refused limit (1-based) or 0, then per limit: allowed, remaining, reset, retry}.
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -51,7 +53,7 @@ end
 
 local out, states, refused = {0}, {}, 0
 for i = 1, #KEYS do
-  local kind, a, b = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local kind, a, b = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
   local s0, s1, s2 = 0, 0, 0
   local raw = redis.call('GET', KEYS[i])
   if raw then
@@ -70,6 +72,12 @@ for i = 1, #KEYS do
       s0 = tat + a
     end
     idle = s0
+  elseif kind == 4 then
+    -- a: when the current calendar month ends; it names the month.
+    if s0 ~= a then s0, s1, s2 = a, 0, 0 end
+    reset = max(a - now, 1)
+    if s1 >= b then retry = reset else s1 = s1 + 1; allowed, remaining = 1, b - s1 end
+    idle = a
   else
     local index = floor(now / a) + 1
     if s0 ~= index then
@@ -96,7 +104,7 @@ for i = 1, #KEYS do
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = allowed, remaining, reset, retry
 end
-if refused == 0 then
+if refused == 0 and ARGV[2] == '1' then
   for i = 1, #KEYS do
     local s = states[i]
     local ttl = max(1, math.ceil((s[4] - now) / 1000))
@@ -115,7 +123,7 @@ if now == 0 then
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 for i = 1, #KEYS do
-  local kind, a = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local kind, a = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
   local raw = redis.call('GET', KEYS[i])
   if raw then
     local x, y, z = string.match(raw, '^(%d+) (%d+) (%d+)$')
@@ -123,6 +131,8 @@ for i = 1, #KEYS do
       local s0, s1, s2 = tonumber(x), tonumber(y), tonumber(z)
       if kind == 1 then
         s0 = math.max(s0 - a, 0)
+      elseif kind == 4 then
+        if s0 == a then s1 = math.max(s1 - 1, 0) end
       elseif s0 == math.floor(now / a) + 1 then
         s1 = math.max(s1 - 1, 0)
       end
@@ -133,13 +143,15 @@ end
 return 1
 "#;
 
-/// A limit's kind and parameters as the scripts take them: microseconds and counts.
-pub fn script_args(algorithm: &Algorithm) -> [u64; 3] {
+/// A limit's kind and parameters as the scripts take them at `now_ns`: microseconds and counts.
+/// A calendar month is named by its end, which the gateway computes (Lua has no calendar).
+pub fn script_args(algorithm: &Algorithm, now_ns: u64) -> [u64; 3] {
     let us = |ns: u64| (ns / 1000).max(1);
     match *algorithm {
         Algorithm::TokenBucket { interval_ns, burst } => [1, us(interval_ns), burst],
         Algorithm::FixedWindow { window_ns, limit } => [2, us(window_ns), limit],
         Algorithm::SlidingWindow { window_ns, limit } => [3, us(window_ns), limit],
+        Algorithm::CalendarMonth { limit } => [4, us(super::algorithm::month_of(now_ns).1), limit],
     }
 }
 
@@ -240,22 +252,27 @@ impl RedisBackend {
         clock::now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Runs `DECIDE_LUA` on `keys` with `args` (after the leading `now`).
+    /// Runs `DECIDE_LUA` on `keys` with the limits' `args`.
     pub async fn decide(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
-        self.call(&self.decide, keys, args).await
+        self.call(&self.decide, keys, 1, args).await
+    }
+
+    /// Runs `DECIDE_LUA` without writing: what the keys have left.
+    pub async fn peek(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
+        self.call(&self.decide, keys, 0, args).await
     }
 
     /// Runs `REFUND_LUA`.
     pub async fn refund(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
-        self.call(&self.refund, keys, args).await.map(|_| Vec::new())
+        self.call(&self.refund, keys, 1, args).await.map(|_| Vec::new())
     }
 
-    async fn call(&self, script: &redis::Script, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
+    async fn call(&self, script: &redis::Script, keys: &[String], mode: u64, args: &[u64]) -> Result<Vec<i64>, String> {
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key.as_str());
         }
-        invocation.arg(0u64);
+        invocation.arg(0u64).arg(mode);
         for arg in args {
             invocation.arg(*arg);
         }
