@@ -273,6 +273,9 @@ fn sweep_idle_state(registry: std::sync::Weak<Registry>) -> std::io::Result<crat
                     for store in registry.rate_limit_stores() {
                         store.sweep(now);
                     }
+                    for gates in registry.concurrency_gate_sets() {
+                        gates.sweep();
+                    }
                 }
             }
         }

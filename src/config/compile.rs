@@ -16,9 +16,9 @@ use ipnet::IpNet;
 
 use crate::policy::rate_limit::redis::RedisBackend;
 use crate::policy::{
-    AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConsumerIndex, CorsPolicy, DirectResponse,
-    ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy, RateLimitPolicy,
-    Redirect, RoutePolicies,
+    AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConcurrencyPolicy, ConsumerIndex, CorsPolicy,
+    DirectResponse, ForwardAuthPolicy, HeaderFilter, HmacAuthPolicy, IntrospectionPolicy, IpRestriction, JwtPolicy,
+    RateLimitPolicy, Redirect, RoutePolicies,
 };
 use crate::proxy::normalize::{EscapedSlashes, PathOptions, normalize_path};
 use crate::route::{
@@ -134,7 +134,13 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                 .filter(|(_, on)| on.as_ref().is_none_or(|names| names.contains(&*name)))
                 .map(|(spec, _)| spec.clone())
                 .collect();
-            ListenerSettings { name, address, table: RouteTable::build(table_specs) }
+            let max_connections = config
+                .listeners
+                .iter()
+                .find(|l| *l.name == *name)
+                .and_then(|l| l.max_connections)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            ListenerSettings { name, address, table: RouteTable::build(table_specs), max_connections }
         })
         .collect();
 
@@ -447,6 +453,20 @@ fn policies(
                 Ok(p) => out.quota = Some(Arc::new(p)),
                 Err(e) => report(e),
             },
+            PolicyConfig::Concurrency(c) => match ConcurrencyPolicy::compile(c, scope, registry) {
+                Ok(p) => out.concurrency = Some(Arc::new(p)),
+                Err(e) => report(e),
+            },
+            PolicyConfig::BodyLimit(c) => {
+                if c.max.get() == 0 {
+                    report(vec![(
+                        "max".into(),
+                        "must be at least 1 byte (a route without bodies: limit its methods)".into(),
+                    )]);
+                } else {
+                    out.max_body_size = Some(c.max.get());
+                }
+            }
             PolicyConfig::Authorize(c) => match AuthorizePolicy::compile(c) {
                 Ok(p) => out.authorize = Some(Arc::new(p)),
                 Err(e) => report(e),
@@ -488,6 +508,8 @@ fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
         acl: route.acl.or_else(|| global.acl.clone()),
         rate_limit: route.rate_limit.or_else(|| global.rate_limit.clone()),
         quota: route.quota.or_else(|| global.quota.clone()),
+        concurrency: route.concurrency.or_else(|| global.concurrency.clone()),
+        max_body_size: route.max_body_size.or(global.max_body_size),
         request_headers: route.request_headers.or_else(|| global.request_headers.clone()),
         response_headers: route.response_headers.or_else(|| global.response_headers.clone()),
         direct_response: route.direct_response.or_else(|| global.direct_response.clone()),

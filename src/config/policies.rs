@@ -39,6 +39,10 @@ pub enum PolicyConfig {
     RateLimit(Box<RateLimitConfig>),
     /// How many requests a consumer may make per day or month, by plan.
     Quota(Box<QuotaConfig>),
+    /// How many requests (of a route, a consumer, an address …) may be in flight at once.
+    Concurrency(ConcurrencyConfig),
+    /// The largest request body the route accepts (413 beyond it, while the body streams).
+    BodyLimit(BodyLimitConfig),
     /// Change the request headers sent upstream.
     RequestHeaders(HeaderFilterConfig),
     /// Change the response headers sent to the client.
@@ -65,6 +69,8 @@ impl PolicyConfig {
             PolicyConfig::Acl(_) => "acl",
             PolicyConfig::RateLimit(_) => "rate_limit",
             PolicyConfig::Quota(_) => "quota",
+            PolicyConfig::Concurrency(_) => "concurrency",
+            PolicyConfig::BodyLimit(_) => "body_limit",
             PolicyConfig::RequestHeaders(_) => "request_headers",
             PolicyConfig::ResponseHeaders(_) => "response_headers",
             PolicyConfig::DirectResponse(_) => "direct_response",
@@ -573,4 +579,38 @@ pub struct QuotaConfig {
     pub on_redis_failure: Option<RedisFailureConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u64>,
+}
+
+/// `concurrency`: how many requests of a key may be in flight at once on this node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// Requests in flight at once, per key.
+    pub max: u64,
+    /// What is counted together: `route` (default), `consumer`, `client_ip`, … as for `rate_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<OneOrMany<String>>,
+    /// How many requests may wait for a slot when all are taken (default 0: refuse at once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queue: u64,
+    /// How long a queued request waits for a slot before it is refused. Default 1s.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: DurationValue,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn default_queue_timeout() -> DurationValue {
+    DurationValue::secs(1)
+}
+
+/// `body_limit`: the largest request body of the route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BodyLimitConfig {
+    /// E.g. `1MiB`. Bodies announced larger are refused before they are read; bodies that turn out
+    /// larger while streaming are cut off with 413. `server.limits.max_body_size` still applies.
+    pub max: ByteSize,
 }

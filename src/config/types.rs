@@ -383,6 +383,10 @@ pub struct ListenerConfig {
     /// and a route's own replace them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyConfig>,
+    /// The most client connections open at once on this listener (over all workers); further
+    /// connections are closed as soon as they are accepted. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
 }
 
 // === upstreams ===

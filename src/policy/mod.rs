@@ -12,6 +12,7 @@ pub mod api_key;
 pub mod authorize;
 pub mod basic_auth;
 pub mod cache;
+pub mod concurrency;
 pub mod consumers;
 pub mod cors;
 pub mod direct;
@@ -37,6 +38,7 @@ pub use acl::AclPolicy;
 pub use api_key::ApiKeyPolicy;
 pub use authorize::AuthorizePolicy;
 pub use basic_auth::BasicAuthPolicy;
+pub use concurrency::ConcurrencyPolicy;
 pub use consumers::{Consumer, ConsumerIndex};
 pub use cors::CorsPolicy;
 pub use direct::{DirectResponse, Redirect};
@@ -65,6 +67,9 @@ pub struct RoutePolicies {
     pub acl: Option<Arc<AclPolicy>>,
     pub rate_limit: Option<Arc<RateLimitPolicy>>,
     pub quota: Option<Arc<RateLimitPolicy>>,
+    pub concurrency: Option<Arc<ConcurrencyPolicy>>,
+    /// `body_limit`: the route's largest request body.
+    pub max_body_size: Option<u64>,
     pub request_headers: Option<Arc<HeaderFilter>>,
     pub response_headers: Option<Arc<HeaderFilter>>,
     pub direct_response: Option<Arc<DirectResponse>>,
@@ -110,6 +115,12 @@ impl RoutePolicies {
         }
         if self.quota.is_some() {
             names.push("quota");
+        }
+        if self.concurrency.is_some() {
+            names.push("concurrency");
+        }
+        if self.max_body_size.is_some() {
+            names.push("body_limit");
         }
         if self.request_headers.is_some() {
             names.push("request_headers");
@@ -187,6 +198,8 @@ pub struct RequestState {
     /// What `rate_limit` and `quota` tell the client, on whatever response the request gets.
     pub rate_report: Option<rate_limit::RateReport>,
     pub quota_report: Option<rate_limit::RateReport>,
+    /// The `concurrency` slot, held until the response is sent.
+    pub slot: Option<concurrency::Slot>,
 }
 
 /// Runs the route's request policies in their fixed order.
@@ -206,6 +219,7 @@ pub struct RequestState {
 ///    unauthenticated floods are refused before they use up anyone's allowance; after
 ///    authorization, so requests that would be refused anyway cost no allowance either. The
 ///    short-term rate limit comes before the quota, so a burst it refuses uses no quota.
+///    `concurrency` last of the three: a request the limits refuse never takes a slot.
 /// 7. request filters (`request_headers`): after authentication, so a filter cannot forge what
 ///    authentication checks, and before answering locally, so a `direct_response` sees the same
 ///    request an upstream would.
@@ -263,15 +277,7 @@ pub async fn apply_request_policies(
         acl.check(state.identity.as_ref())?;
     }
     if let Some(limit) = &policies.rate_limit {
-        let source = rate_limit::KeySource {
-            client: facts.client,
-            identity: state.identity.as_ref(),
-            route: facts.route_name,
-            headers,
-            path: facts.path,
-            query: facts.query,
-            route_match: facts.route_match,
-        };
+        let source = key_source(facts, state.identity.as_ref(), headers);
         if limit.is_shared() {
             Box::pin(limit.check_shared(&source, &mut state.rate_report)).await?;
         } else {
@@ -279,20 +285,19 @@ pub async fn apply_request_policies(
         }
     }
     if let Some(quota) = &policies.quota {
-        let source = rate_limit::KeySource {
-            client: facts.client,
-            identity: state.identity.as_ref(),
-            route: facts.route_name,
-            headers,
-            path: facts.path,
-            query: facts.query,
-            route_match: facts.route_match,
-        };
+        let source = key_source(facts, state.identity.as_ref(), headers);
         if quota.is_shared() {
             Box::pin(quota.check_shared(&source, &mut state.quota_report)).await?;
         } else {
             quota.check(&source, &mut state.quota_report)?;
         }
+    }
+    if let Some(concurrency) = &policies.concurrency {
+        let source = key_source(facts, state.identity.as_ref(), headers);
+        state.slot = Some(match concurrency.try_enter(&source) {
+            Some(entered) => entered?,
+            None => Box::pin(concurrency.enter(&source)).await?,
+        });
     }
     if let Some(filter) = &policies.request_headers {
         filter.apply(headers);
@@ -304,6 +309,23 @@ pub async fn apply_request_policies(
         return Ok(PolicyOutcome::Respond(Box::new(direct.respond())));
     }
     Ok(PolicyOutcome::Continue)
+}
+
+/// What a rate limit, quota or concurrency key is taken from.
+fn key_source<'a>(
+    facts: &'a RequestFacts<'_>,
+    identity: Option<&'a Identity>,
+    headers: &'a http::HeaderMap,
+) -> rate_limit::KeySource<'a> {
+    rate_limit::KeySource {
+        client: facts.client,
+        identity,
+        route: facts.route_name,
+        headers,
+        path: facts.path,
+        query: facts.query,
+        route_match: facts.route_match,
+    }
 }
 
 enum Authenticator<'a> {

@@ -115,6 +115,8 @@ enum Kind {
 /// What happens when the response is over.
 struct Finish {
     log: RequestLog,
+    /// A `concurrency` slot: the request is in flight until its response is sent.
+    _slot: Option<crate::policy::concurrency::Slot>,
 }
 
 impl ProxyBody {
@@ -134,9 +136,10 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Upstream { body, checkout: Some(checkout) }, sent: 0, finish: None }
     }
 
-    /// Hands the request log to the body: it is written when the body ends.
-    pub fn attach(&mut self, log: RequestLog) {
-        self.finish = Some(Finish { log });
+    /// Hands the request log (and the request's concurrency slot) to the body: the log is
+    /// written and the slot given back when the body ends.
+    pub fn attach(&mut self, log: RequestLog, slot: Option<crate::policy::concurrency::Slot>) {
+        self.finish = Some(Finish { log, _slot: slot });
     }
 
     fn complete(&mut self, clean: bool) {

@@ -37,6 +37,8 @@ pub enum ProxyError {
     AuthUnavailable(String),
     #[error("{}", if *quota { format!("the quota \"{limit}\" is used up; it renews in {retry_after} s") } else { format!("too many requests: the limit \"{limit}\" is used up; retry in {retry_after} s") })]
     RateLimited { retry_after: u64, limit: Box<str>, quota: bool },
+    #[error("too many requests are in flight here; retry shortly")]
+    TooBusy,
     #[error("the rate limit cannot be checked: its shared counters are unavailable")]
     RateLimitUnavailable,
     #[error("the request body is larger than {limit} bytes")]
@@ -79,7 +81,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimitUnavailable | ProxyError::TooBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -104,6 +106,7 @@ impl ProxyError {
             ProxyError::RateLimited { quota: false, .. } => "rate_limited",
             ProxyError::RateLimited { quota: true, .. } => "quota_exceeded",
             ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
+            ProxyError::TooBusy => "concurrency_limited",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -126,6 +129,8 @@ impl ProxyError {
             | ProxyError::Unauthorized { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::RateLimited { .. }
+            // Load shedding is expected under load: logged like a client's error, not as a failure.
+            | ProxyError::TooBusy
             | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamConnectTimeout
@@ -191,6 +196,9 @@ impl ProxyError {
             }
             ProxyError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ProxyError::TooBusy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::Forbidden { message, insufficient_scope: true } => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(Some("insufficient_scope"), message));

@@ -38,11 +38,15 @@ use error::{ErrorSource, ProxyError};
 
 pub struct HttpProxy {
     pub snapshot: SnapshotHandle,
+    /// Client connections open on each listener, over all workers (for `max_connections`).
+    pub open_connections: Box<[std::sync::atomic::AtomicUsize]>,
 }
 
 impl HttpProxy {
     pub fn new(snapshot: SnapshotHandle) -> HttpProxy {
-        HttpProxy { snapshot }
+        let listeners = snapshot.load().listeners.len();
+        let open_connections = (0..listeners).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
+        HttpProxy { snapshot, open_connections }
     }
 
     /// Serves one request. Never fails: errors are responses.
@@ -66,10 +70,18 @@ impl HttpProxy {
                 user_agent: req.headers().get(header::USER_AGENT),
             },
         );
-        let mut exchange =
-            Exchange { snap: &snap, conn, log, request_id: None, start, cors: None, rate_reports: [None, None] };
+        let mut exchange = Exchange {
+            snap: &snap,
+            conn,
+            log,
+            request_id: None,
+            start,
+            cors: None,
+            rate_reports: [None, None],
+            slot: None,
+        };
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, cors, rate_reports, .. } = exchange;
+        let Exchange { mut log, request_id, cors, rate_reports, slot, .. } = exchange;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -90,7 +102,7 @@ impl HttpProxy {
             report.apply(response.headers_mut());
         }
         log.set_status(response.status().as_u16());
-        response.body_mut().attach(log);
+        response.body_mut().attach(log, slot);
         response
     }
 }
@@ -106,6 +118,8 @@ struct Exchange<'a> {
     cors: Option<(std::sync::Arc<crate::policy::CorsPolicy>, HeaderValue)>,
     /// What the rate limit and the quota tell the client, on every response (a 429 included).
     rate_reports: [Option<crate::policy::rate_limit::RateReport>; 2],
+    /// The `concurrency` slot: given back when the response has been sent.
+    slot: Option<crate::policy::concurrency::Slot>,
 }
 
 impl Exchange<'_> {
@@ -209,6 +223,7 @@ impl Exchange<'_> {
             self.log.set_consumer(&consumer.name);
         }
         self.rate_reports = [state.rate_report.take(), state.quota_report.take()];
+        self.slot = state.slot.take();
         let outcome = outcome?;
         if let PolicyOutcome::Respond(mut response) = outcome {
             policy::apply_response_policies(policies, response.headers_mut());
@@ -252,9 +267,14 @@ impl Exchange<'_> {
             parts.uri = origin_form(&upstream_path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;
+        // The route's `body_limit` within the server's.
+        let max_body_size = match (server.max_body_size, policies.max_body_size) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let body = if let Some(check) = state.body_check.take() {
             // The signed digest must match before any of the body goes upstream.
-            let bytes = Box::pin(check.read(body, server.max_body_size)).await?;
+            let bytes = Box::pin(check.read(body, max_body_size)).await?;
             if let Some(counter) = self.log.bytes_in_counter() {
                 counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
@@ -262,7 +282,7 @@ impl Exchange<'_> {
         } else if body.is_end_stream() {
             UpstreamBody::Empty
         } else {
-            let limit = match server.max_body_size {
+            let limit = match max_body_size {
                 Some(max) if body.size_hint().lower() > max => return Err(ProxyError::PayloadTooLarge { limit: max }),
                 Some(max) => Some(BodyLimit { limit: max, left: max }),
                 None => None,

@@ -63,6 +63,7 @@ pub struct ListenerSettings {
     pub name: Arc<str>,
     pub address: SocketAddr,
     pub table: RouteTable,
+    pub max_connections: Option<usize>,
 }
 
 /// Process-wide request handling settings, resolved from `server:`.

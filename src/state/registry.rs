@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::policy::concurrency::Gates;
 use crate::policy::jwt::keys::JwksSource;
 use crate::policy::rate_limit::local::LocalStore;
 use crate::policy::rate_limit::redis::RedisBackend;
@@ -20,6 +21,7 @@ pub struct Registry {
     jwks: Mutex<HashMap<String, Weak<JwksSource>>>,
     rate_limits: Mutex<HashMap<String, Weak<LocalStore>>>,
     redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
+    concurrency: Mutex<HashMap<String, Weak<Gates>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -91,6 +93,25 @@ impl Registry {
         let backend = Arc::new(RedisBackend::new(config)?);
         map.insert(key, Arc::downgrade(&backend));
         Ok(backend)
+    }
+
+    /// The in-flight slots of the `concurrency` policy with this scope and settings: a reload
+    /// that keeps the policy keeps counting the requests in flight.
+    pub fn concurrency_gates(&self, fingerprint: &str, make: impl FnOnce() -> Gates) -> Arc<Gates> {
+        let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gates) = map.get(fingerprint).and_then(Weak::upgrade) {
+            return gates;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let gates = Arc::new(make());
+        map.insert(fingerprint.to_owned(), Arc::downgrade(&gates));
+        gates
+    }
+
+    /// Every live `concurrency` policy's slots (for the idle-key sweep).
+    pub fn concurrency_gate_sets(&self) -> Vec<Arc<Gates>> {
+        let map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter_map(Weak::upgrade).collect()
     }
 
     /// Every live limit's store (for the idle-key sweep).

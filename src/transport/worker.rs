@@ -149,15 +149,51 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(open) = admit(&proxy, id) else {
+                    // Over the listener's `max_connections`: closed at once, before any read.
+                    drop(stream);
+                    continue;
+                };
                 let state = ConnState::new();
                 connections.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
-                tokio::spawn(serve(stream, peer, id, proxy.clone(), state));
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    serve(stream, peer, id, proxy, state).await;
+                    drop(open);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Counts a new connection on listener `id`, unless the listener is full.
+fn admit(proxy: &Arc<HttpProxy>, id: usize) -> Option<OpenConnection> {
+    let counter = proxy.open_connections.get(id)?;
+    let limit = proxy.snapshot.load().listeners.get(id).and_then(|l| l.max_connections);
+    let before = counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    if limit.is_some_and(|max| before >= max) {
+        counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        tracing::debug!(listener = id, "connection refused: the listener's max_connections is reached");
+        return None;
+    }
+    Some(OpenConnection { proxy: proxy.clone(), id })
+}
+
+/// Holds a listener's connection count up while the connection is open.
+struct OpenConnection {
+    proxy: Arc<HttpProxy>,
+    id: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(counter) = self.proxy.open_connections.get(self.id) {
+            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 }

@@ -17,3 +17,4 @@ mod rate_limit_redis;
 mod reload;
 mod routing;
 mod timeouts;
+mod traffic_limits;
