@@ -317,3 +317,44 @@ routes:
     assert_eq!(refused.status, 429);
     assert_eq!(refused.error_code(), "quota_exceeded");
 }
+
+#[tokio::test]
+async fn a_redis_cluster_holds_the_counters_of_a_fleet() {
+    let cluster = crate::common::redis::RedisCluster::start(3);
+    let app = Upstream::echo("app");
+    let nodes = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+redis: {{ cluster: [{nodes}], timeout: 500ms }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - name: limited
+    match: {{ path: "/api/**" }}
+    upstream: app
+    policies:
+      - rate_limit:
+          backend: redis
+          key: header:x-tenant
+          limits: [{{ rate: 2/min, name: minute }}, {{ rate: 100/day, algorithm: fixed_window, name: day }}]
+"#,
+        app.url()
+    );
+    let (one, two) = (TestGateway::start(&yaml), TestGateway::start(&yaml));
+    let mut a = Client::connect(one.addr()).await;
+    let mut b = Client::connect(two.addr()).await;
+    for tenant in 0..24 {
+        let tenant = format!("tenant-{tenant}");
+        let headers = [("x-tenant", tenant.as_str())];
+        let statuses = [
+            a.request("GET", "/api/x", &headers, "").await.status.as_u16(),
+            b.request("GET", "/api/x", &headers, "").await.status.as_u16(),
+            a.request("GET", "/api/x", &headers, "").await.status.as_u16(),
+        ];
+        assert_eq!(statuses, [200, 200, 429], "{tenant}: both limits of a key in one slot, one call");
+    }
+    let per_node = cluster.keys_per_node("gatehouse:rl:*");
+    assert_eq!(per_node.iter().sum::<usize>(), 48, "two keys per tenant: {per_node:?}");
+    assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "tenants spread over the nodes: {per_node:?}");
+    assert!(per_node.iter().all(|n| n % 2 == 0), "a tenant's two keys share a slot: {per_node:?}");
+}
