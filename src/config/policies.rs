@@ -498,6 +498,14 @@ pub struct RateLimitConfig {
     /// decides with this node's own counters meanwhile; `deny` refuses with 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_redis_failure: Option<RedisFailureConfig>,
+    /// With `backend: redis`: `strict` (default) asks Redis on every request; `batch` decides on
+    /// this node and exchanges counts with Redis every `sync_interval` (no round trip per request,
+    /// a bounded overshoot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<RedisSyncConfig>,
+    /// With `sync: batch`: how often counts are exchanged with Redis. Default 100ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -505,6 +513,13 @@ pub struct RateLimitConfig {
 pub enum RateBackendConfig {
     Local,
     Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisSyncConfig {
+    Strict,
+    Batch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -579,6 +594,11 @@ pub struct QuotaConfig {
     pub on_redis_failure: Option<RedisFailureConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u64>,
+    /// As for `rate_limit`: `strict` (default) or `batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<RedisSyncConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<DurationValue>,
 }
 
 /// `concurrency`: how many requests of a key may be in flight at once on this node.

@@ -22,6 +22,7 @@ pub struct Registry {
     rate_limits: Mutex<HashMap<String, Weak<LocalStore>>>,
     redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
     concurrency: Mutex<HashMap<String, Weak<Gates>>>,
+    batches: Mutex<HashMap<String, Weak<crate::policy::rate_limit::batch::Batch>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -112,6 +113,23 @@ impl Registry {
     pub fn concurrency_gate_sets(&self) -> Vec<Arc<Gates>> {
         let map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
         map.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The batched Redis sync of a policy with these settings: kept across reloads, so counts
+    /// waiting for the next sync are not lost.
+    pub fn redis_batch(
+        &self,
+        fingerprint: &str,
+        make: impl FnOnce() -> std::io::Result<Arc<crate::policy::rate_limit::batch::Batch>>,
+    ) -> std::io::Result<Arc<crate::policy::rate_limit::batch::Batch>> {
+        let mut map = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(batch) = map.get(fingerprint).and_then(Weak::upgrade) {
+            return Ok(batch);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let batch = make()?;
+        map.insert(fingerprint.to_owned(), Arc::downgrade(&batch));
+        Ok(batch)
     }
 
     /// Every live limit's store (for the idle-key sweep).

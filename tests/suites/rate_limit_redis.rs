@@ -211,6 +211,7 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let decide = redis::Script::new(DECIDE_LUA);
     let refund = redis::Script::new(REFUND_LUA);
+    let charge = redis::Script::new(gatehouse::policy::rate_limit::batch::CHARGE_LUA);
     const MS: u64 = 1_000_000;
     let algorithms = [
         Algorithm::TokenBucket { interval_ns: 200 * MS, burst: 10 },
@@ -257,6 +258,24 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
                 got.retry_after_ns,
                 expected.retry_after_ns
             );
+            if step % 7 == 3 {
+                // Batch sync: admitted elsewhere, charged whatever the limit says.
+                algorithm.charge(&mut state, now, 3);
+                let reply: Vec<i64> = charge
+                    .key(&key)
+                    .arg(now / 1000)
+                    .arg(3)
+                    .arg(args[0])
+                    .arg(args[1])
+                    .arg(args[2])
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                let _: i64 = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
+                let global = algorithm.from_script_state([reply[0] as u64, reply[1] as u64, reply[2] as u64]);
+                assert_eq!(global, state, "{algorithm:?} step {step}: charged states differ");
+                continue;
+            }
             if expected.allowed && step % 5 == 0 {
                 algorithm.refund(&mut state, now);
                 let _: i64 = refund
@@ -357,4 +376,79 @@ routes:
     assert_eq!(per_node.iter().sum::<usize>(), 48, "two keys per tenant: {per_node:?}");
     assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "tenants spread over the nodes: {per_node:?}");
     assert!(per_node.iter().all(|n| n % 2 == 0), "a tenant's two keys share a slot: {per_node:?}");
+}
+
+#[tokio::test]
+async fn batch_sync_shares_counts_without_a_round_trip_per_request() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let yaml = config(
+        &app,
+        &redis,
+        "{ rate: 10/hour, algorithm: fixed_window, backend: redis, sync: batch, sync_interval: 50ms }",
+    )
+    .replace("timeout: 200ms", "timeout: 2s");
+    let (one, two) = (TestGateway::start(&yaml), TestGateway::start(&yaml));
+    let mut a = Client::connect(one.addr()).await;
+    let mut b = Client::connect(two.addr()).await;
+    for _ in 0..6 {
+        assert_eq!(get(&mut a, "/api/x").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Node two meets the key: its first request is decided on what it knew (nothing), and the
+    // next sync brings node one's six.
+    assert_eq!(get(&mut b, "/api/x").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&mut b, "/api/x").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "10 for the fleet: 6 + 1 + 3");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Redis holds the fleet's count: "window count previous".
+    let keys = redis.command(&["--scan", "--pattern", "gatehouse:rl:*"]).unwrap();
+    let state = redis.command(&["GET", keys.trim()]).unwrap();
+    assert_eq!(state.split_whitespace().nth(1), Some("10"), "{state}");
+    // Node one, busy with the key before, was refreshed after it: it knows the limit is used up.
+    assert_eq!(get(&mut a, "/api/x").await.status, 429);
+
+    // Redis stops answering: requests do not wait for it (strict mode would wait the 2s timeout).
+    redis.pause();
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(get(&mut b, "/api/y").await.status, 429);
+    }
+    let elapsed = started.elapsed();
+    redis.resume();
+    assert!(elapsed < Duration::from_millis(1500), "five requests took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn batch_overshoot_is_bounded_and_paid_back() {
+    let redis = RedisServer::start();
+    let app = Upstream::echo("app");
+    let yaml = config(
+        &app,
+        &redis,
+        "{ rate: 5/hour, algorithm: fixed_window, backend: redis, sync: batch, sync_interval: 200ms }",
+    );
+    let (one, two) = (TestGateway::start(&yaml), TestGateway::start(&yaml));
+    let mut a = Client::connect(one.addr()).await;
+    let mut b = Client::connect(two.addr()).await;
+    // Between two syncs each node admits what it believes is left: the documented overshoot,
+    // at most (nodes - 1) x limit here.
+    let mut admitted = 0;
+    for _ in 0..8 {
+        admitted += usize::from(get(&mut a, "/api/x").await.status == 200);
+        admitted += usize::from(get(&mut b, "/api/x").await.status == 200);
+    }
+    assert!((5..=10).contains(&admitted), "{admitted} admitted by two nodes for a limit of 5");
+    // Every admitted request is charged to Redis at the next sync, and the overshoot is paid
+    // back: both nodes now refuse.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let keys = redis.command(&["--scan", "--pattern", "gatehouse:rl:*"]).unwrap();
+    let state = redis.command(&["GET", keys.trim()]).unwrap();
+    assert_eq!(state.split_whitespace().nth(1), Some(admitted.to_string().as_str()), "{state}");
+    assert_eq!(get(&mut a, "/api/x").await.status, 429);
+    assert_eq!(get(&mut b, "/api/x").await.status, 429);
 }

@@ -63,6 +63,43 @@ impl Algorithm {
         }
     }
 
+    /// Adds `n` admitted requests to `state` whatever the limit says (they were admitted elsewhere).
+    pub fn charge(&self, state: &mut State, now: u64, n: u64) {
+        match *self {
+            Algorithm::TokenBucket { interval_ns, .. } => {
+                state[0] = state[0].max(now).saturating_add(interval_ns.saturating_mul(n));
+            }
+            _ => {
+                // Rolls the window like a decision would (on a copy that admits everything).
+                let mut rolled = *state;
+                let unlimited = match *self {
+                    Algorithm::FixedWindow { window_ns, .. } => Algorithm::FixedWindow { window_ns, limit: u64::MAX },
+                    Algorithm::SlidingWindow { window_ns, .. } => {
+                        Algorithm::SlidingWindow { window_ns, limit: u64::MAX }
+                    }
+                    Algorithm::CalendarMonth { .. } => Algorithm::CalendarMonth { limit: u64::MAX },
+                    Algorithm::TokenBucket { .. } => return,
+                };
+                unlimited.decide(&mut rolled, now);
+                rolled[1] = rolled[1] - 1 + n;
+                *state = rolled;
+            }
+        }
+    }
+
+    /// A state as the Redis scripts keep it (microseconds; a month named by its end), as this
+    /// module keeps it.
+    pub fn from_script_state(&self, s: [u64; 3]) -> State {
+        match *self {
+            Algorithm::TokenBucket { .. } => [s[0].saturating_mul(1000), 0, 0],
+            Algorithm::FixedWindow { .. } | Algorithm::SlidingWindow { .. } => s,
+            Algorithm::CalendarMonth { .. } => match s[0] {
+                0 => State::default(),
+                end_us => [month_of(end_us.saturating_mul(1000).saturating_sub(1)).0 + 1, s[1], 0],
+            },
+        }
+    }
+
     /// What the key has left at `now`, without using any of it.
     pub fn peek(&self, state: &State, now: u64) -> Decision {
         let mut copy = *state;

@@ -73,6 +73,25 @@ impl LocalStore {
         self.algorithm.peek(&state, now)
     }
 
+    /// Sets `key`'s state to `state` (the fleet's, from Redis) plus `since` requests admitted
+    /// here meanwhile.
+    pub fn replace(&self, key: u64, state: State, since: u64, now: u64) {
+        let mut state = state;
+        if since > 0 {
+            self.algorithm.charge(&mut state, now, since);
+        }
+        let mut shard = self.shard(key);
+        match shard.map.get_mut(&key) {
+            Some(entry) => entry.state = state,
+            None => {
+                if shard.map.len() >= self.per_shard {
+                    shard.make_room(&self.algorithm, now, self.per_shard);
+                }
+                shard.map.insert(key, Entry { state, seen: now });
+            }
+        }
+    }
+
     /// Gives back what `decide` took for `key` (another limit refused the request).
     pub fn refund(&self, key: u64, now: u64) {
         if let Some(entry) = self.shard(key).map.get_mut(&key) {

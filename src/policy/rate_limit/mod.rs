@@ -6,6 +6,7 @@
 //! its counts, a changed limit starts afresh.
 
 pub mod algorithm;
+pub mod batch;
 pub mod key;
 pub mod local;
 pub mod redis;
@@ -13,14 +14,14 @@ pub mod redis;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::units::DurationValue;
 use crate::config::{
     LimitConfig, QuotaConfig, RateAlgorithmConfig, RateBackendConfig, RateHeadersConfig, RateLimitConfig,
-    RedisFailureConfig,
+    RedisFailureConfig, RedisSyncConfig,
 };
 use crate::proxy::error::ProxyError;
 use crate::state::registry::Registry;
@@ -73,6 +74,10 @@ struct Shared {
     backend: Arc<RedisBackend>,
     deny_on_failure: bool,
     groups: Box<[Group]>,
+    /// Per limit: its group and its position in it.
+    place: Box<[(usize, usize)]>,
+    /// `sync: batch`: decided locally, counts exchanged with Redis in the background.
+    batch: Option<Arc<batch::Batch>>,
 }
 
 /// Limits that count by the same key: their Redis keys share a hash tag (one slot, one call).
@@ -177,6 +182,8 @@ impl RateLimitPolicy {
             max_keys: config.max_keys,
             backend: config.backend,
             on_redis_failure: config.on_redis_failure,
+            sync: config.sync,
+            sync_interval: config.sync_interval,
             quota: false,
         };
         build(specs, &common, scope, registry, redis, errors)
@@ -255,6 +262,8 @@ impl RateLimitPolicy {
             max_keys: config.max_keys,
             backend: config.backend,
             on_redis_failure: config.on_redis_failure,
+            sync: config.sync,
+            sync_interval: config.sync_interval,
             quota: true,
         };
         build(specs, &common, scope, registry, redis, errors)
@@ -304,14 +313,21 @@ impl RateLimitPolicy {
         out
     }
 
-    /// Whether deciding needs a round trip (`backend: redis`): then call `check_shared`.
+    /// Whether deciding needs a round trip (`backend: redis`, `sync: strict`): then call
+    /// `check_shared`.
     pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
+        self.shared.as_ref().is_some_and(|s| s.batch.is_none())
     }
 
     /// Decides the request with this node's counters: `Err` (429) when a limit refuses it. Either
     /// way `report` receives what the client is told in the response headers.
     pub fn check(self: &Arc<Self>, source: &KeySource<'_>, report: &mut Option<RateReport>) -> Result<(), ProxyError> {
+        let batch = self.shared.as_ref().and_then(|s| s.batch.as_ref().map(|b| (s, b)));
+        if let Some((shared, _)) = batch {
+            if shared.deny_on_failure && !shared.backend.available() {
+                return Err(ProxyError::RateLimitUnavailable);
+            }
+        }
         let now = now_ns();
         let plan = plan_of(source);
         let mut decisions = Vec::with_capacity(self.limits.len());
@@ -333,8 +349,27 @@ impl RateLimitPolicy {
                         *d = d.map(|d| earlier.store.algorithm().refunded(d));
                     }
                 }
+                if let Some((shared, batch)) = batch {
+                    // Keep the refusing key in sync: it may be the others' counts that fill it.
+                    let (g, position) = shared.place[i];
+                    let group = &shared.groups[g];
+                    batch.record(i, keys[i], false, || {
+                        group.redis_keys(shared.backend.prefix(), source, &[position]).remove(0)
+                    });
+                }
                 *report = self.report(decisions);
                 return Err(self.refusal(i, &decision));
+            }
+        }
+        if let Some((shared, batch)) = batch {
+            for (i, decided) in decisions.iter().enumerate() {
+                if decided.is_some() {
+                    let (g, position) = shared.place[i];
+                    let group = &shared.groups[g];
+                    batch.record(i, keys[i], true, || {
+                        group.redis_keys(shared.backend.prefix(), source, &[position]).remove(0)
+                    });
+                }
             }
         }
         *report = self.report(decisions);
@@ -576,6 +611,8 @@ struct Common {
     max_keys: Option<u64>,
     backend: Option<RateBackendConfig>,
     on_redis_failure: Option<RedisFailureConfig>,
+    sync: Option<RedisSyncConfig>,
+    sync_interval: Option<DurationValue>,
     quota: bool,
 }
 
@@ -617,8 +654,14 @@ fn build(
     }
     let shared = match (common.backend.unwrap_or(RateBackendConfig::Local), redis) {
         (RateBackendConfig::Local, _) => {
-            if common.on_redis_failure.is_some() {
-                errors.push(("on_redis_failure".into(), "applies to `backend: redis` only".into()));
+            for (set, field) in [
+                (common.on_redis_failure.is_some(), "on_redis_failure"),
+                (common.sync.is_some(), "sync"),
+                (common.sync_interval.is_some(), "sync_interval"),
+            ] {
+                if set {
+                    errors.push((field.into(), "applies to `backend: redis` only".into()));
+                }
             }
             None
         }
@@ -626,11 +669,55 @@ fn build(
             errors.push(("backend".into(), "`backend: redis` needs a top-level `redis` (url or cluster)".into()));
             None
         }
-        (RateBackendConfig::Redis, Some(backend)) => Some(Shared {
-            backend: backend.clone(),
-            deny_on_failure: common.on_redis_failure == Some(RedisFailureConfig::Deny),
-            groups: groups(&format!("{kind}|{scope}"), &limits),
-        }),
+        (RateBackendConfig::Redis, Some(backend)) => {
+            let groups = groups(&format!("{kind}|{scope}"), &limits);
+            let place = (0..limits.len())
+                .map(|i| {
+                    groups
+                        .iter()
+                        .enumerate()
+                        .find_map(|(g, group)| group.limits.iter().position(|&l| l == i).map(|p| (g, p)))
+                        .unwrap_or((0, 0))
+                })
+                .collect();
+            let interval = common.sync_interval.map_or(Duration::from_millis(100), DurationValue::get);
+            if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&interval) {
+                errors.push(("sync_interval".into(), "must be between 10ms and 60s".into()));
+            }
+            if common.sync_interval.is_some() && common.sync != Some(RedisSyncConfig::Batch) {
+                errors.push(("sync_interval".into(), "applies to `sync: batch` only".into()));
+            }
+            let batch = match common.sync {
+                Some(RedisSyncConfig::Batch) if errors.is_empty() => {
+                    let fingerprint = format!(
+                        "{kind}|{scope}|{interval:?}|{}|{}",
+                        redis::fingerprint_of(backend),
+                        limits
+                            .iter()
+                            .map(|l| format!("{}:{:?}", l.name, l.store.algorithm()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    let stores = limits.iter().map(|l| (l.store.clone(), *l.store.algorithm())).collect();
+                    match registry.redis_batch(&fingerprint, || batch::Batch::start(backend.clone(), stores, interval))
+                    {
+                        Ok(batch) => Some(batch),
+                        Err(e) => {
+                            errors.push(("sync".into(), format!("cannot start the sync thread: {e}")));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Some(Shared {
+                backend: backend.clone(),
+                deny_on_failure: common.on_redis_failure == Some(RedisFailureConfig::Deny),
+                groups,
+                place,
+                batch,
+            })
+        }
     };
     if !errors.is_empty() {
         return Err(errors);

@@ -254,20 +254,29 @@ impl RedisBackend {
 
     /// Runs `DECIDE_LUA` on `keys` with the limits' `args`.
     pub async fn decide(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
-        self.call(&self.decide, keys, 1, args).await
+        self.run(&self.decide, keys, 1, args).await
     }
 
     /// Runs `DECIDE_LUA` without writing: what the keys have left.
     pub async fn peek(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
-        self.call(&self.decide, keys, 0, args).await
+        self.run(&self.decide, keys, 0, args).await
     }
 
     /// Runs `REFUND_LUA`.
     pub async fn refund(&self, keys: &[String], args: &[u64]) -> Result<Vec<i64>, String> {
-        self.call(&self.refund, keys, 1, args).await.map(|_| Vec::new())
+        self.run(&self.refund, keys, 1, args).await.map(|_| Vec::new())
     }
 
-    async fn call(&self, script: &redis::Script, keys: &[String], mode: u64, args: &[u64]) -> Result<Vec<i64>, String> {
+    /// Runs one of the scripts with the arguments they all take: `0` (the server's clock),
+    /// `second` (the mode, or a count), then `args`. An error or a timeout marks Redis down.
+    pub async fn run(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        second: u64,
+        args: &[u64],
+    ) -> Result<Vec<i64>, String> {
+        let mode = second;
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key.as_str());
@@ -364,6 +373,11 @@ fn integers(value: redis::Value) -> Result<Vec<i64>, String> {
         redis::Value::Int(n) => Ok(vec![n]),
         other => Err(format!("unexpected reply {other:?}")),
     }
+}
+
+/// Which backend this is, for fingerprints of things that use it.
+pub fn fingerprint_of(backend: &RedisBackend) -> u64 {
+    backend.id
 }
 
 /// Shared settings of a backend, as the registry keys them (so connections survive reloads).
