@@ -352,6 +352,53 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
                 Balancer::round_robin(&weights, registry.balancer(&key))
             }
             BalanceConfig::Random => Balancer::random(&weights),
+            BalanceConfig::LeastRequest => Balancer::LeastRequest,
+            BalanceConfig::Ewma => Balancer::PeakEwma,
+            BalanceConfig::ConsistentHash => {
+                let names: Vec<&str> = endpoints.iter().map(|e| &*e.url).collect();
+                Balancer::ring(&names, &weights)
+            }
+        };
+        let hash_on = match (&u.hash_on, u.balance) {
+            (Some(text), BalanceConfig::ConsistentHash) => match crate::upstream::HashOn::parse(text) {
+                Ok(h) => Some(h),
+                Err(message) => {
+                    problems.add(format!("{base}.hash_on"), message);
+                    None
+                }
+            },
+            (None, BalanceConfig::ConsistentHash) => {
+                problems.add(
+                    format!("{base}.hash_on"),
+                    "consistent_hash needs `hash_on` (client_ip, header:NAME, cookie:NAME, …)",
+                );
+                None
+            }
+            (Some(_), _) => {
+                problems.add(format!("{base}.hash_on"), "applies to `balance: consistent_hash` only");
+                None
+            }
+            (None, _) => None,
+        };
+        let ph = &u.passive_health;
+        if ph.max_ejected_percent > 100 {
+            problems.add(format!("{base}.passive_health.max_ejected_percent"), "at most 100");
+        }
+        if ph.ejection_time.get() > ph.max_ejection_time.get() {
+            problems.add(format!("{base}.passive_health.ejection_time"), "longer than max_ejection_time");
+        }
+        let outlier = crate::upstream::health::OutlierSettings {
+            consecutive_failures: ph.consecutive_failures,
+            base_ejection_ms: ph.ejection_time.get().as_millis() as u64,
+            max_ejection_ms: ph.max_ejection_time.get().as_millis() as u64,
+            max_ejected_percent: ph.max_ejected_percent,
+        };
+        let retry = match retry_policy(&u.retries) {
+            Ok(r) => r,
+            Err((field, message)) => {
+                problems.add(format!("{base}.retries.{field}"), message);
+                crate::upstream::retry::RetryPolicy::none()
+            }
         };
         let upstream = Upstream {
             name: Arc::from(name.as_str()),
@@ -363,10 +410,48 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
                 max_idle_per_endpoint: u.pool.max_idle_per_endpoint as usize,
                 idle_timeout: u.pool.idle_timeout.get(),
             },
+            hash_on,
+            outlier,
+            retry,
+            budget: crate::upstream::retry::RetryBudget::new(u.retries.budget_percent, u.retries.min_per_second),
         };
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }
     out
+}
+
+fn retry_policy(c: &crate::config::RetriesConfig) -> Result<crate::upstream::retry::RetryPolicy, (String, String)> {
+    let mut policy = crate::upstream::retry::RetryPolicy::none();
+    if c.attempts > 10 {
+        return Err(("attempts".into(), "at most 10".into()));
+    }
+    policy.attempts = c.attempts;
+    for (i, what) in c.on.iter().enumerate() {
+        match what.trim() {
+            "connect_failure" => policy.on_connect_failure = true,
+            "reset" => policy.on_reset = true,
+            "timeout" => policy.on_timeout = true,
+            status => match status.parse::<u16>().ok().and_then(|s| http::StatusCode::from_u16(s).ok()) {
+                Some(s) if s.is_server_error() || s == http::StatusCode::TOO_MANY_REQUESTS => {
+                    policy.on_statuses.push(s)
+                }
+                _ => {
+                    return Err((
+                        format!("on[{i}]"),
+                        format!("`{status}`: expected connect_failure, reset, timeout or a 5xx status (or 429)"),
+                    ));
+                }
+            },
+        }
+    }
+    policy.non_idempotent = c.non_idempotent;
+    policy.backoff_base = c.backoff.get();
+    policy.backoff_max = c.max_backoff.get().max(c.backoff.get());
+    if c.budget_percent > 100 {
+        return Err(("budget_percent".into(), "at most 100".into()));
+    }
+    policy.max_body = c.max_body.get();
+    Ok(policy)
 }
 
 /// `http://host[:port]` → (host, port). Bracketed IPv6 hosts keep their brackets.

@@ -399,10 +399,84 @@ pub struct UpstreamConfig {
     /// How a request picks an endpoint.
     #[serde(default)]
     pub balance: BalanceConfig,
+    /// With `balance: consistent_hash`: what requests are hashed by — `client_ip`,
+    /// `header:NAME`, `cookie:NAME`, `param:NAME` or `query:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
     #[serde(default)]
     pub timeouts: UpstreamTimeoutsConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Endpoints that keep failing are taken out of rotation for a while.
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+    /// Which failed tries are tried again, on another endpoint when there is one.
+    #[serde(default)]
+    pub retries: RetriesConfig,
+}
+
+/// Passive health checks (outlier ejection).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealthConfig {
+    /// Failures in a row (no response, or a 5xx) that eject an endpoint. 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; each further one lasts this much longer.
+    pub ejection_time: DurationValue,
+    /// The longest an ejection lasts.
+    pub max_ejection_time: DurationValue,
+    /// The most endpoints ejected at once, in percent; at least one endpoint always stays.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            consecutive_failures: 5,
+            ejection_time: DurationValue::secs(10),
+            max_ejection_time: DurationValue::secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Retries of failed tries.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetriesConfig {
+    /// Tries after the first. 0 turns retries off.
+    pub attempts: u32,
+    /// What is tried again: `connect_failure` (always safe: nothing was sent), `reset` and
+    /// `timeout` (idempotent methods only), and statuses such as `502`, `503`, `504`.
+    pub on: Vec<String>,
+    /// Also retry POST and PATCH (only for services that de-duplicate).
+    pub non_idempotent: bool,
+    /// The first retry waits up to this long (with jitter), each further one twice as long.
+    pub backoff: DurationValue,
+    pub max_backoff: DurationValue,
+    /// Retries are at most this share of the upstream's requests (over 10 s), so that retries
+    /// cannot multiply an outage.
+    pub budget_percent: u32,
+    /// … but at least this many per second.
+    pub min_per_second: u32,
+    /// The largest request body kept in memory to be sent again; larger ones are not retried
+    /// once sent.
+    pub max_body: ByteSize,
+}
+
+impl Default for RetriesConfig {
+    fn default() -> Self {
+        RetriesConfig {
+            attempts: 1,
+            on: vec!["connect_failure".into()],
+            non_idempotent: false,
+            backoff: DurationValue::millis(25),
+            max_backoff: DurationValue::millis(250),
+            budget_percent: 20,
+            min_per_second: 10,
+            max_body: ByteSize::kib(64),
+        }
+    }
 }
 
 /// An endpoint: a URL string, or `{url, weight}`.
@@ -470,6 +544,12 @@ pub enum BalanceConfig {
     RoundRobin,
     /// Weighted random choice.
     Random,
+    /// The less busy of two endpoints drawn at random (fewest requests in flight, by weight).
+    LeastRequest,
+    /// The cheaper of two drawn at random, by peak-EWMA response time × requests in flight.
+    Ewma,
+    /// The same key (see `hash_on`) to the same endpoint; removing an endpoint moves only its keys.
+    ConsistentHash,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::proxy::body::UpstreamBody;
 use crate::state::registry::Registry;
-use crate::upstream::{Balancer, Endpoint, HttpUrl, PoolSettings, Upstream, client};
+use crate::upstream::{Endpoint, HttpUrl, PoolSettings, Upstream, client};
 
 pub struct Service {
     /// A one-endpoint upstream.
@@ -34,14 +34,8 @@ impl Service {
         let key = format!("{kind}:http://{}:{}", parsed.host, parsed.port);
         let endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
         let target = Uri::from(parsed.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-        let upstream = Upstream {
-            name: Arc::from(kind),
-            endpoints: vec![Arc::new(endpoint)],
-            balancer: Balancer::random(&[1]),
-            connect_timeout: timeout,
-            response_header_timeout: timeout,
-            pool: PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) },
-        };
+        let pool = PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) };
+        let upstream = Upstream::single(kind, Arc::new(endpoint), timeout, timeout, pool);
         Ok(Service { upstream, target, timeout })
     }
 

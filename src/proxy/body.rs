@@ -117,6 +117,8 @@ struct Finish {
     log: RequestLog,
     /// A `concurrency` slot: the request is in flight until its response is sent.
     _slot: Option<crate::policy::concurrency::Slot>,
+    /// Likewise for the endpoint's count of requests in flight.
+    _in_flight: Option<crate::upstream::InFlight>,
 }
 
 impl ProxyBody {
@@ -138,8 +140,13 @@ impl ProxyBody {
 
     /// Hands the request log (and the request's concurrency slot) to the body: the log is
     /// written and the slot given back when the body ends.
-    pub fn attach(&mut self, log: RequestLog, slot: Option<crate::policy::concurrency::Slot>) {
-        self.finish = Some(Finish { log, _slot: slot });
+    pub fn attach(
+        &mut self,
+        log: RequestLog,
+        slot: Option<crate::policy::concurrency::Slot>,
+        in_flight: Option<crate::upstream::InFlight>,
+    ) {
+        self.finish = Some(Finish { log, _slot: slot, _in_flight: in_flight });
     }
 
     fn complete(&mut self, clean: bool) {

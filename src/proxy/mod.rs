@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod error;
+pub mod forward;
 pub mod headers;
 pub mod normalize;
 pub mod request_id;
@@ -27,11 +28,10 @@ use hyper::body::Incoming;
 
 use crate::policy::{self, PolicyOutcome, RequestFacts, RequestState};
 use crate::route::{Lookup, RequestView};
-use crate::state::{Snapshot, SnapshotHandle, UpstreamHost};
+use crate::state::{Snapshot, SnapshotHandle};
 use crate::telemetry::RequestLog;
 use crate::telemetry::request_log::LogStart;
 use crate::transport::conn::ConnContext;
-use crate::upstream::client;
 
 use body::{BodyLimit, ProxyBody, UpstreamBody};
 use error::{ErrorSource, ProxyError};
@@ -79,9 +79,10 @@ impl HttpProxy {
             cors: None,
             rate_reports: [None, None],
             slot: None,
+            in_flight: None,
         };
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, cors, rate_reports, slot, .. } = exchange;
+        let Exchange { mut log, request_id, cors, rate_reports, slot, in_flight, .. } = exchange;
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -102,7 +103,7 @@ impl HttpProxy {
             report.apply(response.headers_mut());
         }
         log.set_status(response.status().as_u16());
-        response.body_mut().attach(log, slot);
+        response.body_mut().attach(log, slot, in_flight);
         response
     }
 }
@@ -120,9 +121,17 @@ struct Exchange<'a> {
     rate_reports: [Option<crate::policy::rate_limit::RateReport>; 2],
     /// The `concurrency` slot: given back when the response has been sent.
     slot: Option<crate::policy::concurrency::Slot>,
+    /// The endpoint's in-flight count, lowered when the response has been sent.
+    in_flight: Option<crate::upstream::InFlight>,
 }
 
 impl Exchange<'_> {
+    fn count_body(&mut self, bytes: usize) {
+        if let Some(counter) = self.log.bytes_in_counter() {
+            counter.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     async fn handle(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let snap = self.snap;
         let server = &snap.server;
@@ -231,15 +240,11 @@ impl Exchange<'_> {
             return Ok(*response);
         }
 
-        // 6. Endpoint.
+        // 6. Endpoint, 7. upstream request: prepared once, sent once per try.
         let Some(upstream) = route.upstream.as_ref() else {
             // Compile guarantees a route either has an upstream or answers by itself.
             return Err(ProxyError::NoEndpoint(route.name.to_string()));
         };
-        let endpoint = upstream.select().ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?;
-        self.log.set_upstream(&endpoint.url);
-
-        // 7. The upstream request: hop-by-hop headers out, forwarding headers in, path rewritten.
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
         if scan.expect {
@@ -247,19 +252,10 @@ impl Exchange<'_> {
             parts.headers.remove(header::EXPECT);
         }
         headers::add_forwarded(&mut parts.headers, self.conn, server, trusted, original_host.as_ref());
-        match &route.host {
-            UpstreamHost::Endpoint => {
-                parts.headers.insert(header::HOST, endpoint.authority.clone());
-            }
-            UpstreamHost::Preserve => {
-                // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests must have one.
-                let host = original_host.unwrap_or_else(|| endpoint.authority.clone());
-                parts.headers.insert(header::HOST, host);
-            }
-            UpstreamHost::Rewrite(value) => {
-                parts.headers.insert(header::HOST, value.clone());
-            }
-        }
+        let hash = upstream
+            .hash_on
+            .as_ref()
+            .and_then(|h| h.hash(&parts.headers, client, &route_match, &path, parts.uri.query()));
         let upstream_path = route.rewrite.apply(&path, &route_match, spec);
         if let Some(query) = state.query_edit.query.take() {
             parts.uri = origin_form(&upstream_path, query.as_deref())?;
@@ -272,12 +268,12 @@ impl Exchange<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let retry = &upstream.retry;
+        let may_resend = retry.attempts > 0 && retry.may_resend(&parts.method);
         let body = if let Some(check) = state.body_check.take() {
             // The signed digest must match before any of the body goes upstream.
             let bytes = Box::pin(check.read(body, max_body_size)).await?;
-            if let Some(counter) = self.log.bytes_in_counter() {
-                counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.count_body(bytes.len());
             if bytes.is_empty() { UpstreamBody::Empty } else { UpstreamBody::Full(Some(bytes)) }
         } else if body.is_end_stream() {
             UpstreamBody::Empty
@@ -287,21 +283,30 @@ impl Exchange<'_> {
                 Some(max) => Some(BodyLimit { limit: max, left: max }),
                 None => None,
             };
-            UpstreamBody::Streaming { body, received: self.log.bytes_in_counter(), limit }
+            let announced = body.size_hint().exact();
+            if may_resend && announced.is_some_and(|n| n <= retry.max_body) {
+                // Small enough to keep: read now, so that a retry can send it again.
+                let bytes = Box::pin(forward::read_small(body, retry.max_body)).await?;
+                self.count_body(bytes.len());
+                UpstreamBody::Full(Some(bytes))
+            } else {
+                UpstreamBody::Streaming { body, received: self.log.bytes_in_counter(), limit }
+            }
         };
-        let upstream_request = Request::from_parts(parts, body);
 
-        // The upstream's response-head timeout runs inside `send`, from the moment the request is
-        // written; the route's timeout bounds everything from the request's arrival.
+        // The upstream's response-head timeout runs inside `send`, from the moment each try is
+        // written; the route's timeout bounds everything, retries included, from the request's arrival.
         let now = Instant::now();
-        let exchange = client::send(upstream, endpoint, upstream_request);
-        let (response, checkout) = match route.timeout {
+        let tries = forward::Tries { upstream, host: &route.host, original_host: original_host.as_ref(), hash };
+        let exchange = Box::pin(tries.run(parts, body, &mut self.log));
+        let (response, checkout, in_flight) = match route.timeout {
             Some(limit) => match tokio::time::timeout_at((self.start + limit).into(), exchange).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ProxyError::RouteTimeout(limit)),
             },
             None => exchange.await?,
         };
+        self.in_flight = Some(in_flight);
         self.log.set_upstream_latency(now.elapsed());
 
         // 8. Response policies.

@@ -37,30 +37,46 @@ pub enum UpstreamError {
 pub async fn send(
     upstream: &Upstream,
     endpoint: &Endpoint,
-    mut request: Request<UpstreamBody>,
+    request: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
+    send_or_return(upstream, endpoint, request).await.map_err(|(e, _)| e)
+}
+
+/// `send`, giving the request back when no connection could be made (nothing was sent: it can go
+/// to another endpoint, body and all).
+pub async fn send_or_return(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    mut request: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Checkout), (UpstreamError, Option<Request<UpstreamBody>>)> {
     let key = endpoint.state.id;
     endpoint.state.count_request();
     while let Some(mut sender) = pool::take(key) {
         if sender.ready().await.is_err() {
             continue;
         }
-        match timed(upstream, endpoint, sender.try_send_request(request)).await? {
+        match timed(upstream, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
             Ok(response) => return Ok((response, Checkout::new(key, sender, upstream.pool))),
             Err(mut err) => match err.take_message() {
                 // Not written: the connection died while idle. Try the next one.
                 Some(back) => request = back,
-                None => return Err(exchange_error(endpoint, err.into_error())),
+                None => return Err((exchange_error(endpoint, err.into_error()), None)),
             },
         }
     }
-    let mut sender = connect(endpoint, upstream.connect_timeout).await?;
+    let mut sender = match connect(endpoint, upstream.connect_timeout).await {
+        Ok(sender) => sender,
+        Err(e) => return Err((e, Some(request))),
+    };
     if let Err(source) = sender.ready().await {
-        return Err(exchange_error(endpoint, source));
+        return Err((exchange_error(endpoint, source), Some(request)));
     }
-    match timed(upstream, endpoint, sender.try_send_request(request)).await? {
+    match timed(upstream, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
         Ok(response) => Ok((response, Checkout::new(key, sender, upstream.pool))),
-        Err(err) => Err(exchange_error(endpoint, err.into_error())),
+        Err(mut err) => {
+            let back = err.take_message();
+            Err((exchange_error(endpoint, err.into_error()), back))
+        }
     }
 }
 

@@ -6,16 +6,18 @@
 pub mod balance;
 pub mod client;
 pub mod fetch;
+pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-pub use balance::Balancer;
+pub use balance::{Balancer, Pick};
 
 /// A named group of endpoints with its balancing, timeouts and pool settings.
 pub struct Upstream {
@@ -25,12 +27,149 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub pool: PoolSettings,
+    /// With consistent hashing: what a request is hashed by.
+    pub hash_on: Option<HashOn>,
+    pub outlier: health::OutlierSettings,
+    pub retry: retry::RetryPolicy,
+    pub budget: retry::RetryBudget,
 }
 
 impl Upstream {
-    /// Picks the endpoint for one request.
-    pub fn select(&self) -> Option<&Arc<Endpoint>> {
-        self.balancer.pick(&self.endpoints)
+    /// A single-endpoint upstream with default settings and no retries (for gatehouse's own calls:
+    /// JWKS, introspection, forward auth).
+    pub fn single(
+        name: &str,
+        endpoint: Arc<Endpoint>,
+        connect_timeout: Duration,
+        response_header_timeout: Duration,
+        pool: PoolSettings,
+    ) -> Upstream {
+        Upstream {
+            name: Arc::from(name),
+            endpoints: vec![endpoint],
+            balancer: Balancer::random(&[1]),
+            connect_timeout,
+            response_header_timeout,
+            pool,
+            hash_on: None,
+            outlier: health::OutlierSettings {
+                consecutive_failures: 0,
+                base_ejection_ms: 0,
+                max_ejection_ms: 0,
+                max_ejected_percent: 0,
+            },
+            retry: retry::RetryPolicy::none(),
+            budget: retry::RetryBudget::new(0, 0),
+        }
+    }
+
+    /// Picks the endpoint for one try of a request.
+    pub fn select(&self, pick: Pick<'_>) -> Option<&Arc<Endpoint>> {
+        self.balancer.pick(&self.endpoints, pick)
+    }
+
+    /// Records how a try went for the endpoint's passive health. `failed`: no response, or a 5xx.
+    pub fn record(&self, endpoint: &Endpoint, failed: bool, now_ms: u64) {
+        let health = &endpoint.state.health;
+        health.end_ejection_if_over(now_ms);
+        if !failed {
+            health.success();
+            return;
+        }
+        let ejected = health.failure(&self.outlier, now_ms, || {
+            // Never the whole upstream, and at most the configured share of it.
+            let n = self.endpoints.len();
+            let out = self.endpoints.iter().filter(|e| e.state.health.is_ejected(now_ms)).count();
+            let cap = (n * self.outlier.max_ejected_percent as usize / 100).max(1);
+            out + 1 < n && out < cap
+        });
+        if ejected {
+            tracing::warn!(
+                upstream = %self.name,
+                endpoint = %endpoint.url,
+                "endpoint ejected after {} failures in a row",
+                self.outlier.consecutive_failures
+            );
+        }
+    }
+}
+
+/// One request in flight at an endpoint: counted while this lives.
+pub struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    pub fn new(state: &Arc<EndpointState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request is hashed by for consistent hashing.
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(Box<str>),
+    Param(Box<str>),
+    Query(Box<str>),
+}
+
+impl HashOn {
+    pub fn parse(text: &str) -> Result<HashOn, String> {
+        let (kind, arg) = text.split_once(':').map_or((text.trim(), None), |(k, a)| (k.trim(), Some(a.trim())));
+        let name = arg.filter(|a| !a.is_empty());
+        let named = |_: Option<&str>| name.ok_or_else(|| format!("`{kind}` needs a name: `{kind}:NAME`"));
+        Ok(match kind {
+            "client_ip" | "ip" if arg.is_none() => HashOn::ClientIp,
+            "header" => HashOn::Header(
+                http::HeaderName::from_bytes(named(arg)?.as_bytes())
+                    .map_err(|_| format!("`{text}`: not a header name"))?,
+            ),
+            "cookie" => HashOn::Cookie(named(arg)?.into()),
+            "param" => HashOn::Param(named(arg)?.into()),
+            "query" => HashOn::Query(named(arg)?.into()),
+            _ => {
+                return Err(format!(
+                    "unknown hash_on `{text}`: client_ip, header:NAME, cookie:NAME, param:NAME or query:NAME"
+                ));
+            }
+        })
+    }
+
+    /// The request's hash, or `None` when it lacks the value (it then lands anywhere).
+    pub fn hash(
+        &self,
+        headers: &http::HeaderMap,
+        client: IpAddr,
+        route_match: &crate::route::RouteMatch,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<u64> {
+        Some(match self {
+            HashOn::ClientIp => balance::stable_hash(&crate::state::canonical_ip(client)),
+            HashOn::Header(name) => balance::stable_hash(&headers.get(name)?.as_bytes()),
+            HashOn::Cookie(name) => {
+                let value =
+                    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
+                        line.split(';').find_map(|pair| {
+                            let (k, v) = pair.trim().split_once('=')?;
+                            (k == &**name).then_some(v)
+                        })
+                    })?;
+                balance::stable_hash(&value)
+            }
+            HashOn::Param(name) => balance::stable_hash(&route_match.param(path, name)?),
+            HashOn::Query(name) => balance::stable_hash(&query?.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == &**name).then_some(v)
+            })?),
+        })
     }
 }
 
@@ -115,6 +254,10 @@ pub struct EndpointState {
     dns: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
     /// Requests sent to this endpoint (all workers), for the admin view.
     pub requests: AtomicU64,
+    /// Requests sent and not finished yet (for least-request and peak-EWMA).
+    pub in_flight: AtomicU32,
+    pub latency: health::Latency,
+    pub health: health::Health,
 }
 
 /// How long a DNS answer is reused. The system resolver does not tell us TTLs.
@@ -122,7 +265,14 @@ const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
 
 impl EndpointState {
     pub fn new(id: u64) -> Self {
-        EndpointState { id, dns: Mutex::new(None), requests: AtomicU64::new(0) }
+        EndpointState {
+            id,
+            dns: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            latency: health::Latency::default(),
+            health: health::Health::default(),
+        }
     }
 
     async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {

@@ -18,3 +18,4 @@ mod reload;
 mod routing;
 mod timeouts;
 mod traffic_limits;
+mod upstreams;

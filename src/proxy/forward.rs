@@ -1,0 +1,172 @@
+//! Steps 6 and 7 with retries: pick an endpoint, send, and try again elsewhere when the upstream's
+//! retry policy, the request's method and the retry budget allow.
+//!
+//! Every try's outcome feeds the endpoint's passive health (a connection failure, a reset, a
+//! timeout or a 5xx counts against it) and its latency estimate (for `ewma`). A retry avoids the
+//! endpoints this request already tried when another one is usable, and waits a jittered,
+//! growing backoff first. A request body is sent again only if it was kept: empty, read whole
+//! because it was small (`retries.max_body`), or never sent because the connection failed.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::state::UpstreamHost;
+use crate::telemetry::RequestLog;
+use crate::transport::clock;
+use crate::upstream::client::{self, UpstreamError};
+use crate::upstream::pool::Checkout;
+use crate::upstream::{InFlight, Pick, Upstream};
+
+use super::body::UpstreamBody;
+use super::error::{ErrorSource, ProxyError};
+
+/// One request's tries at one upstream.
+pub struct Tries<'a> {
+    pub upstream: &'a Upstream,
+    pub host: &'a UpstreamHost,
+    pub original_host: Option<&'a HeaderValue>,
+    /// The consistent-hashing key, if the upstream hashes.
+    pub hash: Option<u64>,
+}
+
+impl Tries<'_> {
+    pub async fn run(
+        self,
+        parts: Parts,
+        body: UpstreamBody,
+        log: &mut RequestLog,
+    ) -> Result<(Response<Incoming>, Checkout, InFlight), ProxyError> {
+        let upstream = self.upstream;
+        let retry = &upstream.retry;
+        upstream.budget.request();
+        let may_resend = retry.may_resend(&parts.method);
+        // A body that can be sent again: none, or one held in memory.
+        let kept: Option<Option<Bytes>> = match &body {
+            UpstreamBody::Empty => Some(None),
+            UpstreamBody::Full(bytes) => Some(bytes.clone()),
+            UpstreamBody::Streaming { .. } => None,
+        };
+        // After a try that reached the upstream, the request is gone: keep a copy of its head if a
+        // retry may need it (connection failures give the whole request back).
+        let resend_head = retry.attempts > 0
+            && may_resend
+            && kept.is_some()
+            && (retry.on_reset || retry.on_timeout || !retry.on_statuses.is_empty());
+        let mut request = Some(Request::from_parts(parts, body));
+        let mut template: Option<(http::Method, http::Uri, http::Version, http::HeaderMap)> = None;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let now_ms = clock::now_ms();
+            let endpoint = upstream
+                .select(Pick { hash: self.hash, tried: &tried, now_ms })
+                .ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?
+                .clone();
+            log.set_upstream(&endpoint.url);
+            let mut this_try = match request.take() {
+                Some(r) => r,
+                None => {
+                    let (method, uri, version, headers) =
+                        template.clone().ok_or(ProxyError::UpstreamFailed("no request to retry".into()))?;
+                    let body = match kept.clone().flatten() {
+                        Some(bytes) => UpstreamBody::Full(Some(bytes)),
+                        None => UpstreamBody::Empty,
+                    };
+                    let mut r = Request::new(body);
+                    *r.method_mut() = method;
+                    *r.uri_mut() = uri;
+                    *r.version_mut() = version;
+                    *r.headers_mut() = headers;
+                    r
+                }
+            };
+            set_host(this_try.headers_mut(), self.host, self.original_host, &endpoint.authority);
+            let retries_left = attempt < retry.attempts;
+            if resend_head && retries_left && template.is_none() {
+                let r = &this_try;
+                template = Some((r.method().clone(), r.uri().clone(), r.version(), r.headers().clone()));
+            }
+            let in_flight = InFlight::new(&endpoint.state);
+            let started = Instant::now();
+            match client::send_or_return(upstream, &endpoint, this_try).await {
+                Ok((response, checkout)) => {
+                    let done_ms = clock::now_ms();
+                    endpoint.state.latency.observe(started.elapsed().as_nanos() as u64, done_ms);
+                    let status = response.status();
+                    upstream.record(&endpoint, status.is_server_error(), done_ms);
+                    let again = retries_left
+                        && may_resend
+                        && template.is_some()
+                        && retry.on_statuses.contains(&status)
+                        && upstream.budget.try_retry();
+                    if !again {
+                        return Ok((response, checkout, in_flight));
+                    }
+                    // The response is dropped unread: its connection is closed, not pooled.
+                    drop((response, checkout, in_flight));
+                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, %status, "retrying");
+                }
+                Err((error, back)) => {
+                    drop(in_flight);
+                    let connect = matches!(error, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. });
+                    let timeout = matches!(error, UpstreamError::ResponseTimeout { .. });
+                    let proxy_error = ProxyError::from(error);
+                    if proxy_error.source() != ErrorSource::Upstream {
+                        // The client's body broke: not the endpoint's fault, and not retried.
+                        return Err(proxy_error);
+                    }
+                    upstream.record(&endpoint, true, clock::now_ms());
+                    let wanted = (connect && retry.on_connect_failure)
+                        || (!connect && !timeout && retry.on_reset && may_resend)
+                        || (timeout && retry.on_timeout && may_resend);
+                    // Sent again: the request given back (nothing went out), or a kept copy.
+                    let resendable = back.is_some() || template.is_some();
+                    if !(retries_left && wanted && resendable && upstream.budget.try_retry()) {
+                        return Err(proxy_error);
+                    }
+                    request = back;
+                    tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, error = %proxy_error, "retrying");
+                }
+            }
+            tried.push(endpoint.state.id);
+            attempt += 1;
+            let wait = retry.backoff(attempt);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn set_host(
+    headers: &mut http::HeaderMap,
+    host: &UpstreamHost,
+    original: Option<&HeaderValue>,
+    endpoint: &HeaderValue,
+) {
+    let value = match host {
+        UpstreamHost::Endpoint => endpoint.clone(),
+        // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream requests must have one.
+        UpstreamHost::Preserve => original.cloned().unwrap_or_else(|| endpoint.clone()),
+        UpstreamHost::Rewrite(value) => value.clone(),
+    };
+    headers.insert(header::HOST, value);
+}
+
+/// Reads a body announced as at most `max` bytes, so it can be sent more than once.
+pub async fn read_small(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BadRequest("the request body is longer than its Content-Length".into()))
+        }
+        Err(_) => Err(ProxyError::BadRequest("the request body is malformed or was cut off".into())),
+    }
+}

@@ -1,0 +1,180 @@
+//! Upstreams with several endpoints: the balancing algorithms, passive health (ejection), and
+//! retries with their budget.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::common::{Client, TestGateway, Upstream, UpstreamBehaviour};
+
+fn config(endpoints: &[&Upstream], upstream_settings: &str) -> String {
+    let list = endpoints.iter().map(|u| format!("\"{}\"", u.url())).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app:
+    endpoints: [{list}]
+{upstream_settings}
+routes:
+  - {{ name: all, match: {{ path: "/**" }}, upstream: app }}
+"#
+    )
+}
+
+/// Which endpoint answered (the echo upstream names itself in its body).
+async fn served_by(client: &mut Client, path: &str, headers: &[(&str, &str)]) -> String {
+    let reply = client.request("GET", path, headers, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["instance"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_keys_and_moves_only_a_removed_endpoints_keys() {
+    let (a, b, c) = (Upstream::echo("a"), Upstream::echo("b"), Upstream::echo("c"));
+    let settings = "    balance: consistent_hash\n    hash_on: header:x-user";
+    let gw = TestGateway::start(&config(&[&a, &b, &c], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    let mut before = HashMap::new();
+    for user in 0..120 {
+        let user = format!("user-{user}");
+        let first = served_by(&mut client, "/x", &[("x-user", &user)]).await;
+        assert_eq!(served_by(&mut client, "/y", &[("x-user", &user)]).await, first, "{user} moved between requests");
+        before.insert(user, first);
+    }
+    let shares: Vec<usize> = ["a", "b", "c"].iter().map(|n| before.values().filter(|v| v == n).count()).collect();
+    assert!(shares.iter().all(|&s| s >= 15), "every endpoint gets keys: {shares:?}");
+
+    gw.reload_with(&config(&[&a, &c], settings));
+    let mut moved = 0;
+    for (user, owner) in &before {
+        let now = served_by(&mut client, "/x", &[("x-user", user)]).await;
+        if now != *owner {
+            moved += 1;
+            assert_eq!(owner, "b", "{user} moved from {owner}, which is still there");
+        }
+    }
+    assert_eq!(moved, shares[1], "exactly b's keys moved");
+}
+
+#[tokio::test]
+async fn least_request_and_ewma_send_less_to_a_slow_endpoint() {
+    for balance in ["least_request", "ewma"] {
+        let fast = Upstream::echo("fast");
+        let slow = Upstream::start("slow", UpstreamBehaviour::Delay(Duration::from_millis(60)));
+        let gw = TestGateway::start(&config(&[&fast, &slow], &format!("    balance: {balance}")));
+        let addr = gw.addr();
+        // 8 clients at once for a while: the slow endpoint holds requests longer, so it is busier.
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut client = Client::connect(addr).await;
+                    let mut served = Vec::new();
+                    for _ in 0..25 {
+                        let reply = client.get("/x").await;
+                        served.push(reply.json()["instance"].as_str().unwrap_or_default().to_owned());
+                    }
+                    served
+                })
+            })
+            .collect();
+        let mut to_slow = 0;
+        let mut total = 0;
+        for client in clients {
+            for served in client.await.unwrap() {
+                total += 1;
+                to_slow += usize::from(served == "slow");
+            }
+        }
+        assert!(to_slow * 4 < total, "{balance}: {to_slow} of {total} went to the slow endpoint");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_its_requests_retried_elsewhere() {
+    let good = Upstream::echo("good");
+    let bad = Upstream::start("bad", UpstreamBehaviour::Status(503));
+    let settings = "    passive_health: { consecutive_failures: 3, ejection_time: 30s }\n    retries: { attempts: 2, on: [connect_failure, \"503\"] }";
+    let gw = TestGateway::start(&config(&[&good, &bad], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    for i in 0..40 {
+        let reply = client.get("/x").await;
+        assert_eq!(reply.status, 200, "request {i}: retried on the good endpoint");
+    }
+    assert!(bad.requests() <= 3, "ejected after 3 failures in a row: it saw {}", bad.requests());
+    assert!(good.requests() >= 40);
+    // A POST is not idempotent: never retried after the upstream saw it.
+    let gw = TestGateway::start(&config(&[&bad], "    retries: { attempts: 2, on: [\"503\"] }"));
+    let before = bad.requests();
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(client.request("POST", "/x", &[], "order").await.status, 503);
+    assert_eq!(bad.requests(), before + 1, "tried once");
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_costs_no_client_a_failure() {
+    let live = Upstream::echo("live");
+    let mut dying = Upstream::echo("dying");
+    let gw = TestGateway::start(&config(&[&live, &dying], ""));
+    let mut client = Client::connect(gw.addr()).await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/x").await.status, 200);
+    }
+    dying.stop();
+    // Defaults: a connect failure is retried on another endpoint; five in a row eject.
+    for i in 0..50 {
+        let reply = client.request("POST", "/x", &[], "payload").await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert_eq!(reply.json()["body"], "payload", "the body went to the live endpoint intact");
+    }
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_when_everything_fails() {
+    let a = Upstream::start("a", UpstreamBehaviour::Status(503));
+    let b = Upstream::start("b", UpstreamBehaviour::Status(503));
+    let settings = "    passive_health: { consecutive_failures: 0 }\n    retries: { attempts: 3, on: [\"503\"], budget_percent: 20, min_per_second: 0, backoff: 1ms, max_backoff: 1ms }";
+    let gw = TestGateway::start(&config(&[&a, &b], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    for _ in 0..100 {
+        assert_eq!(client.get("/x").await.status, 503);
+    }
+    let tries = a.requests() + b.requests();
+    // Without the budget: 400 tries. With it: 100 + 20% of them.
+    assert!((100..=121).contains(&tries), "{tries} tries for 100 requests");
+}
+
+#[tokio::test]
+async fn a_small_body_is_sent_again_on_retry() {
+    let bad = Upstream::start("bad", UpstreamBehaviour::Status(502));
+    let good = Upstream::echo("good");
+    let settings = "    balance: round_robin\n    passive_health: { consecutive_failures: 0 }\n    retries: { attempts: 1, on: [\"502\"] }";
+    let gw = TestGateway::start(&config(&[&bad, &good], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    for _ in 0..4 {
+        let reply = client.request("PUT", "/doc", &[], "version 2").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["body"], "version 2");
+    }
+    assert!(bad.seen().iter().all(|r| r.body == b"version 2"[..]), "the failed tries had the body too");
+}
+
+#[test]
+fn bad_upstream_settings_are_refused() {
+    let a = Upstream::echo("a");
+    for (settings, needle) in [
+        ("    balance: consistent_hash", "needs `hash_on`"),
+        ("    hash_on: client_ip", "applies to `balance: consistent_hash` only"),
+        ("    balance: consistent_hash\n    hash_on: moon", "unknown hash_on"),
+        ("    balance: consistent_hash\n    hash_on: \"header:\"", "needs a name"),
+        ("    retries: { on: [bogus] }", "expected connect_failure"),
+        ("    retries: { on: [\"404\"] }", "5xx"),
+        ("    retries: { attempts: 50 }", "at most 10"),
+        ("    passive_health: { max_ejected_percent: 150 }", "at most 100"),
+        ("    balance: fastest", "unknown variant"),
+    ] {
+        let err = match TestGateway::try_start(&config(&[&a], settings)) {
+            Ok(_) => panic!("accepted: {settings}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(needle), "{settings}: {err}");
+    }
+}
