@@ -67,6 +67,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/reloads", get(reloads))
         .route("/reload", post(reload))
         .route("/consumers/{name}/usage", get(usage))
+        .route("/upstreams", get(upstreams))
         .with_state(shared)
 }
 
@@ -99,6 +100,39 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         })
         .collect();
     Json(json!({"generation": snap.generation, "listeners": listeners}))
+}
+
+/// Every upstream with its endpoints' live state (health, load, latency) and its breaker.
+async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let snap = shared.snapshot.load();
+    let now = crate::transport::clock::now_ms();
+    let mut names: Vec<_> = snap.upstreams.keys().cloned().collect();
+    names.sort();
+    let list: Vec<_> = names
+        .iter()
+        .filter_map(|name| snap.upstreams.get(name))
+        .map(|u| {
+            let endpoints: Vec<_> = u
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let s = &e.state;
+                    json!({
+                        "url": &*e.url,
+                        "weight": e.weight,
+                        "healthy": s.health.is_available(now),
+                        "consecutive_failures": s.health.consecutive_failures(),
+                        "in_flight": s.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                        "requests": s.requests.load(std::sync::atomic::Ordering::Relaxed),
+                        "latency_ms": s.latency.cost(now) / 1e6,
+                    })
+                })
+                .collect();
+            let breaker = u.breaker.as_ref().map(|b| b.state(now).as_str());
+            json!({"name": &*u.name, "circuit_breaker": breaker, "endpoints": endpoints})
+        })
+        .collect();
+    Json(json!({"generation": snap.generation, "upstreams": list}))
 }
 
 /// What a consumer has used of its quotas and per-consumer rate limits, on every route.

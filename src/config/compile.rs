@@ -414,6 +414,28 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
             outlier,
             retry,
             budget: crate::upstream::retry::RetryBudget::new(u.retries.budget_percent, u.retries.min_per_second),
+            breaker: u.circuit_breaker.as_ref().and_then(|c| {
+                if !(0.0..=1.0).contains(&c.failure_ratio) || c.failure_ratio == 0.0 {
+                    problems.add(format!("{base}.circuit_breaker.failure_ratio"), "must be above 0 and at most 1");
+                    return None;
+                }
+                if c.half_open_requests == 0 || c.min_requests == 0 {
+                    problems.add(
+                        format!("{base}.circuit_breaker"),
+                        "min_requests and half_open_requests must be at least 1",
+                    );
+                    return None;
+                }
+                let settings = crate::upstream::breaker::BreakerSettings {
+                    failure_ratio: c.failure_ratio,
+                    min_requests: c.min_requests,
+                    window_ms: c.window.get().as_millis().max(2) as u64,
+                    open_ms: c.open_for.get().as_millis() as u64,
+                    half_open_requests: c.half_open_requests,
+                    max_requests: c.max_requests,
+                };
+                Some(registry.breaker(&format!("{name}|{settings:?}"), settings))
+            }),
         };
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }

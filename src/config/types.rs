@@ -413,6 +413,39 @@ pub struct UpstreamConfig {
     /// Which failed tries are tried again, on another endpoint when there is one.
     #[serde(default)]
     pub retries: RetriesConfig,
+    /// Stop sending to an upstream that mostly fails, and cap its requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+/// A circuit breaker per upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Open when at least this share of the requests over `window` failed (0.0–1.0).
+    pub failure_ratio: f64,
+    /// … and at least this many requests were seen over `window`.
+    pub min_requests: u64,
+    pub window: DurationValue,
+    /// How long the breaker stays open (every request answered 503 at once).
+    pub open_for: DurationValue,
+    /// Then this many probe requests go through; all succeed → closed, one fails → open again.
+    pub half_open_requests: u64,
+    /// The most requests waiting for the upstream's response at once (0: no cap).
+    pub max_requests: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: DurationValue::secs(10),
+            open_for: DurationValue::secs(30),
+            half_open_requests: 5,
+            max_requests: 0,
+        }
+    }
 }
 
 /// Passive health checks (outlier ejection).

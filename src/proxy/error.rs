@@ -39,6 +39,10 @@ pub enum ProxyError {
     RateLimited { retry_after: u64, limit: Box<str>, quota: bool },
     #[error("too many requests are in flight here; retry shortly")]
     TooBusy,
+    #[error("the upstream {0} is failing: its circuit breaker is open")]
+    CircuitOpen(String),
+    #[error("the upstream {0} has too many requests in flight")]
+    UpstreamOverloaded(String),
     #[error("the rate limit cannot be checked: its shared counters are unavailable")]
     RateLimitUnavailable,
     #[error("the request body is larger than {limit} bytes")]
@@ -81,7 +85,10 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::RateLimitUnavailable | ProxyError::TooBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimitUnavailable
+            | ProxyError::TooBusy
+            | ProxyError::CircuitOpen(_)
+            | ProxyError::UpstreamOverloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -107,6 +114,8 @@ impl ProxyError {
             ProxyError::RateLimited { quota: true, .. } => "quota_exceeded",
             ProxyError::RateLimitUnavailable => "rate_limit_unavailable",
             ProxyError::TooBusy => "concurrency_limited",
+            ProxyError::CircuitOpen(_) => "circuit_open",
+            ProxyError::UpstreamOverloaded(_) => "upstream_overloaded",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UriTooLong { .. } => "uri_too_long",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
@@ -131,6 +140,8 @@ impl ProxyError {
             | ProxyError::RateLimited { .. }
             // Load shedding is expected under load: logged like a client's error, not as a failure.
             | ProxyError::TooBusy
+            | ProxyError::CircuitOpen(_)
+            | ProxyError::UpstreamOverloaded(_)
             | ProxyError::HeadersTooLarge(_) => ErrorSource::Downstream,
             ProxyError::UpstreamUnavailable(_)
             | ProxyError::UpstreamConnectTimeout
@@ -197,7 +208,7 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            ProxyError::TooBusy => {
+            ProxyError::TooBusy | ProxyError::CircuitOpen(_) | ProxyError::UpstreamOverloaded(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::Forbidden { message, insufficient_scope: true } => {
@@ -237,6 +248,12 @@ fn www_authenticate(error: Option<&str>, description: &str) -> HeaderValue {
         value.push_str(&format!(", error=\"{error}\", error_description=\"{description}\""));
     }
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gatehouse\""))
+}
+
+/// Whether an exchange failed because of the client's body (cut off, malformed, too large) rather
+/// than because of the upstream.
+pub fn is_client_fault(err: &UpstreamError) -> bool {
+    matches!(err, UpstreamError::Exchange { source, .. } if client_body_failure(source).is_some())
 }
 
 /// The client body's error, when an exchange failed because of it (bad chunking, the client went

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use crate::state::UpstreamHost;
 use crate::telemetry::RequestLog;
 use crate::transport::clock;
+use crate::upstream::breaker::Refusal;
 use crate::upstream::client::{self, UpstreamError};
 use crate::upstream::pool::Checkout;
 use crate::upstream::{InFlight, Pick, Upstream};
@@ -92,9 +93,27 @@ impl Tries<'_> {
                 let r = &this_try;
                 template = Some((r.method().clone(), r.uri().clone(), r.version(), r.headers().clone()));
             }
+            let ticket = match upstream.breaker.as_ref().map(|b| b.admit(now_ms)) {
+                None => None,
+                Some(Ok(ticket)) => Some(ticket),
+                Some(Err(refusal)) => {
+                    return Err(match refusal {
+                        Refusal::Open => ProxyError::CircuitOpen(upstream.name.to_string()),
+                        Refusal::Overloaded => ProxyError::UpstreamOverloaded(upstream.name.to_string()),
+                    });
+                }
+            };
             let in_flight = InFlight::new(&endpoint.state);
             let started = Instant::now();
-            match client::send_or_return(upstream, &endpoint, this_try).await {
+            let result = client::send_or_return(upstream, &endpoint, this_try).await;
+            if let (Some(breaker), Some(ticket)) = (&upstream.breaker, ticket) {
+                let failed = match &result {
+                    Ok((response, _)) => response.status().is_server_error(),
+                    Err((error, _)) => !super::error::is_client_fault(error),
+                };
+                breaker.finish(ticket, failed, clock::now_ms());
+            }
+            match result {
                 Ok((response, checkout)) => {
                     let done_ms = clock::now_ms();
                     endpoint.state.latency.observe(started.elapsed().as_nanos() as u64, done_ms);

@@ -23,6 +23,7 @@ pub struct Registry {
     redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
     concurrency: Mutex<HashMap<String, Weak<Gates>>>,
     batches: Mutex<HashMap<String, Weak<crate::policy::rate_limit::batch::Batch>>>,
+    breakers: Mutex<HashMap<String, Weak<crate::upstream::breaker::Breaker>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -130,6 +131,22 @@ impl Registry {
         let batch = make()?;
         map.insert(fingerprint.to_owned(), Arc::downgrade(&batch));
         Ok(batch)
+    }
+
+    /// The circuit breaker of the upstream with this name and settings: its state survives reloads.
+    pub fn breaker(
+        &self,
+        key: &str,
+        settings: crate::upstream::breaker::BreakerSettings,
+    ) -> Arc<crate::upstream::breaker::Breaker> {
+        let mut map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(breaker) = map.get(key).and_then(Weak::upgrade) {
+            return breaker;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let breaker = Arc::new(crate::upstream::breaker::Breaker::new(settings));
+        map.insert(key.to_owned(), Arc::downgrade(&breaker));
+        breaker
     }
 
     /// Every live limit's store (for the idle-key sweep).

@@ -4,6 +4,7 @@
 //! connection to it. Runtime types only; built by `config::compile`.
 
 pub mod balance;
+pub mod breaker;
 pub mod client;
 pub mod fetch;
 pub mod health;
@@ -32,6 +33,8 @@ pub struct Upstream {
     pub outlier: health::OutlierSettings,
     pub retry: retry::RetryPolicy,
     pub budget: retry::RetryBudget,
+    /// `circuit_breaker`, when configured (kept across reloads by the registry).
+    pub breaker: Option<Arc<breaker::Breaker>>,
 }
 
 impl Upstream {
@@ -60,6 +63,7 @@ impl Upstream {
             },
             retry: retry::RetryPolicy::none(),
             budget: retry::RetryBudget::new(0, 0),
+            breaker: None,
         }
     }
 

@@ -93,7 +93,8 @@ async fn a_failing_endpoint_is_ejected_and_its_requests_retried_elsewhere() {
     let good = Upstream::echo("good");
     let bad = Upstream::start("bad", UpstreamBehaviour::Status(503));
     let settings = "    passive_health: { consecutive_failures: 3, ejection_time: 30s }\n    retries: { attempts: 2, on: [connect_failure, \"503\"] }";
-    let gw = TestGateway::start(&config(&[&good, &bad], settings));
+    let gw =
+        TestGateway::start(&format!("admin: {{ address: \"127.0.0.1:0\" }}\n{}", config(&[&good, &bad], settings)));
     let mut client = Client::connect(gw.addr()).await;
     for i in 0..40 {
         let reply = client.get("/x").await;
@@ -101,6 +102,11 @@ async fn a_failing_endpoint_is_ejected_and_its_requests_retried_elsewhere() {
     }
     assert!(bad.requests() <= 3, "ejected after 3 failures in a row: it saw {}", bad.requests());
     assert!(good.requests() >= 40);
+    let state = crate::common::get(gw.gateway.admin_addr().unwrap(), "/upstreams").await.json();
+    let endpoints = state["upstreams"][0]["endpoints"].as_array().unwrap().clone();
+    let health: Vec<(String, bool)> =
+        endpoints.iter().map(|e| (e["url"].as_str().unwrap().to_owned(), e["healthy"].as_bool().unwrap())).collect();
+    assert_eq!(health, [(good.url(), true), (bad.url(), false)], "the admin API shows the ejection");
     // A POST is not idempotent: never retried after the upstream saw it.
     let gw = TestGateway::start(&config(&[&bad], "    retries: { attempts: 2, on: [\"503\"] }"));
     let before = bad.requests();
@@ -176,5 +182,42 @@ fn bad_upstream_settings_are_refused() {
             Err(e) => e.to_string(),
         };
         assert!(err.contains(needle), "{settings}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_probes_and_closes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let app = Upstream::start(
+        "app",
+        UpstreamBehaviour::Custom(Arc::new(move |_| {
+            let status = if flag.load(Ordering::SeqCst) { 503 } else { 200 };
+            http::Response::builder().status(status).body(bytes::Bytes::from_static(b"{}")).unwrap()
+        })),
+    );
+    let settings = "    passive_health: { consecutive_failures: 0 }\n    retries: { attempts: 0 }\n    circuit_breaker: { min_requests: 5, failure_ratio: 0.5, open_for: 400ms, half_open_requests: 2 }";
+    let gw = TestGateway::start(&config(&[&app], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("/x").await.status, 503);
+    }
+    assert_eq!(app.requests(), 5);
+    let open = client.get("/x").await;
+    assert_eq!(open.status, 503);
+    assert_eq!(open.error_code(), "circuit_open");
+    assert_eq!(open.header("retry-after"), Some("1"));
+    assert_eq!(app.requests(), 5, "an open breaker does not touch the upstream");
+    // Half-open after 400ms: a failing probe opens it again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.get("/x").await.error_code(), "", "the probe reached the upstream (its own 503)");
+    assert_eq!(client.get("/x").await.error_code(), "circuit_open");
+    // The upstream recovers: two successful probes close the breaker.
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/x").await.status, 200);
     }
 }
