@@ -200,7 +200,23 @@ pub fn explain_request(
                 "  policies    {}",
                 if policies.is_empty() { "none".to_owned() } else { policies.join(" -> ") }
             );
-            match &route.upstream {
+            let upstream = route
+                .upstream
+                .as_ref()
+                .or_else(|| route.split.as_ref().and_then(|s| s.choices.first().map(|(u, _)| u)));
+            if let Some(split) = &route.split {
+                let names: Vec<&str> = split.choices.iter().map(|(u, _)| &*u.name).collect();
+                let _ = writeln!(out, "  split       between {} (below: the first)", names.join(", "));
+            }
+            if let Some(mirror) = &route.mirror {
+                let _ = writeln!(
+                    out,
+                    "  mirror      {:.2}% copied to {}",
+                    f64::from(mirror.share) / 10_000.0,
+                    mirror.upstream.name
+                );
+            }
+            match upstream {
                 _ if route.policies(index).responds() => {
                     let what = if route.policies(index).redirect.is_some() { "redirect" } else { "direct_response" };
                     let _ = writeln!(out, "  answer      by the gateway itself ({what}); no upstream is called");

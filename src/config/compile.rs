@@ -661,7 +661,7 @@ fn routes(
         let id = i as RouteId;
         let spec = route_spec(id, &name, r, &base, path_options, problems);
         let own = policies(&r.policies, &format!("{base}.policies"), &format!("route:{name}"), env, problems);
-        if own.responds() && r.upstream.is_some() {
+        if own.responds() && (r.upstream.is_some() || !r.split.is_empty()) {
             problems.add(
                 format!("{base}.upstream"),
                 "this route answers by itself (direct_response or redirect), so its upstream would never be used; remove one",
@@ -697,7 +697,7 @@ fn routes(
                 "acl needs an authentication policy (api_key, basic_auth, hmac_auth, jwt or introspection) on the route, its listener or in the global policies",
             );
             check(
-                r.upstream.is_some() || effective.responds(),
+                r.upstream.is_some() || !r.split.is_empty() || effective.responds(),
                 base.clone(),
                 "a route needs an upstream, or a direct_response or redirect policy to answer by itself",
             );
@@ -723,6 +723,56 @@ fn routes(
             },
             None => None,
         };
+        let lookup = |field: String, name: &str, problems: &mut Problems| -> Option<Arc<Upstream>> {
+            let found = upstreams.get(name).cloned();
+            if found.is_none() {
+                problems.add(field, format!("no upstream is named \"{name}\""));
+            }
+            found
+        };
+        let split = if r.split.is_empty() {
+            if r.split_on.is_some() {
+                problems.add(format!("{base}.split_on"), "applies to `split` only");
+            }
+            None
+        } else {
+            if r.upstream.is_some() {
+                problems.add(format!("{base}.split"), "a route has either an `upstream` or a `split`, not both");
+            }
+            let mut choices = Vec::new();
+            let mut total = 0u64;
+            for (j, side) in r.split.iter().enumerate() {
+                if side.weight == 0 && r.split.len() == 1 {
+                    problems.add(format!("{base}.split[{j}].weight"), "the only side needs a weight above 0");
+                }
+                if let Some(u) = lookup(format!("{base}.split[{j}].upstream"), &side.upstream, problems) {
+                    total += u64::from(side.weight);
+                    choices.push((u, total));
+                }
+            }
+            if total == 0 && !choices.is_empty() {
+                problems.add(format!("{base}.split"), "the weights add up to 0");
+            }
+            let on = r.split_on.as_deref().and_then(|text| match crate::upstream::HashOn::parse(text) {
+                Ok(h) => Some(h),
+                Err(message) => {
+                    problems.add(format!("{base}.split_on"), message);
+                    None
+                }
+            });
+            Some(crate::state::Split { choices, total, on })
+        };
+        let mirror = r.mirror.as_ref().and_then(|m| {
+            if !(0.0..=100.0).contains(&m.percent) || m.percent.is_nan() {
+                problems.add(format!("{base}.mirror.percent"), "between 0 and 100");
+            }
+            let upstream = lookup(format!("{base}.mirror.upstream"), &m.upstream, problems)?;
+            Some(crate::state::Mirror {
+                upstream,
+                share: (m.percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+                in_flight: Arc::default(),
+            })
+        });
 
         let rewrite = match (&r.strip_prefix, &r.rewrite) {
             (Some(_), Some(_)) => {
@@ -794,6 +844,8 @@ fn routes(
             id,
             name: Arc::from(name.as_str()),
             upstream,
+            split,
+            mirror,
             rewrite,
             host,
             timeout: r.timeout.map(|t| t.get()),

@@ -658,6 +658,39 @@ pub struct RouteConfig {
     /// Policies for this route (they replace global policies of the same kind).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyConfig>,
+    /// Instead of `upstream`: a weighted choice between upstreams (a canary: `[{upstream: v1,
+    /// weight: 90}, {upstream: v2, weight: 10}]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitConfig>,
+    /// With `split`: requests with the same value (`client_ip`, `header:NAME`, `cookie:NAME`)
+    /// always go to the same side. Default: each request is drawn at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_on: Option<String>,
+    /// Send a copy of (a share of) the requests to another upstream; its answers are discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// One side of a `split`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+/// Traffic mirroring (shadowing).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub upstream: String,
+    /// The share of requests copied, in percent. Default 100.
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
 }
 
 fn is_zero(v: &i32) -> bool {

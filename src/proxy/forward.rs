@@ -189,3 +189,52 @@ pub async fn read_small(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
         Err(_) => Err(ProxyError::BadRequest("the request body is malformed or was cut off".into())),
     }
 }
+
+/// The largest body copied to a mirror (kept in memory for it).
+pub const MIRROR_MAX_BODY: u64 = 64 * 1024;
+/// Copies in flight to one mirror at most: a slow or hanging shadow costs a bounded amount.
+const MIRROR_IN_FLIGHT: usize = 64;
+
+/// Sends a copy of the request to the route's mirror, in the background, when the dice say so
+/// and the body is at hand (empty or kept in memory). The copy's answer is read and discarded;
+/// nothing about it reaches the client or delays the real request.
+pub fn mirror(mirror: &crate::state::Mirror, parts: &Parts, body: &UpstreamBody) {
+    if mirror.share < 1_000_000 && fastrand::u32(0..1_000_000) >= mirror.share {
+        return;
+    }
+    let body = match body {
+        UpstreamBody::Empty => UpstreamBody::Empty,
+        UpstreamBody::Full(bytes) => UpstreamBody::Full(bytes.clone()),
+        // A streamed body goes to the upstream only once.
+        UpstreamBody::Streaming { .. } => return,
+    };
+    use std::sync::atomic::Ordering;
+    if mirror.in_flight.fetch_add(1, Ordering::AcqRel) >= MIRROR_IN_FLIGHT {
+        mirror.in_flight.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.headers_mut().insert("x-gatehouse-mirror", HeaderValue::from_static("1"));
+    let upstream = mirror.upstream.clone();
+    let in_flight = mirror.in_flight.clone();
+    tokio::spawn(async move {
+        let now_ms = clock::now_ms();
+        if let Some(endpoint) = upstream.select(Pick { now_ms, ..Pick::default() }).cloned() {
+            request.headers_mut().insert(header::HOST, endpoint.authority.clone());
+            let exchange = async {
+                if let Ok((response, checkout)) = client::send(&upstream, &endpoint, request).await {
+                    if response.into_body().collect().await.is_ok() {
+                        checkout.release();
+                    }
+                }
+            };
+            // The response head is bounded by the upstream's timeout; the body by this.
+            let _ = tokio::time::timeout(upstream.response_header_timeout * 2, exchange).await;
+        }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+    });
+}

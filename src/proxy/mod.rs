@@ -241,9 +241,17 @@ impl Exchange<'_> {
         }
 
         // 6. Endpoint, 7. upstream request: prepared once, sent once per try.
-        let Some(upstream) = route.upstream.as_ref() else {
+        let upstream = match (&route.split, &route.upstream) {
+            (Some(split), _) => {
+                let sticky = split
+                    .on
+                    .as_ref()
+                    .and_then(|h| h.hash(&parts.headers, client, &route_match, &path, parts.uri.query()));
+                split.pick(sticky)
+            }
+            (None, Some(upstream)) => upstream,
             // Compile guarantees a route either has an upstream or answers by itself.
-            return Err(ProxyError::NoEndpoint(route.name.to_string()));
+            (None, None) => return Err(ProxyError::NoEndpoint(route.name.to_string())),
         };
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
@@ -284,7 +292,9 @@ impl Exchange<'_> {
                 None => None,
             };
             let announced = body.size_hint().exact();
-            if may_resend && announced.is_some_and(|n| n <= retry.max_body) {
+            let keep =
+                if route.mirror.is_some() { retry.max_body.max(forward::MIRROR_MAX_BODY) } else { retry.max_body };
+            if (may_resend || route.mirror.is_some()) && announced.is_some_and(|n| n <= keep) {
                 // Small enough to keep: read now, so that a retry can send it again.
                 let bytes = Box::pin(forward::read_small(body, retry.max_body)).await?;
                 self.count_body(bytes.len());
@@ -296,6 +306,9 @@ impl Exchange<'_> {
 
         // The upstream's response-head timeout runs inside `send`, from the moment each try is
         // written; the route's timeout bounds everything, retries included, from the request's arrival.
+        if let Some(mirror) = &route.mirror {
+            forward::mirror(mirror, &parts, &body);
+        }
         let now = Instant::now();
         let tries = forward::Tries { upstream, host: &route.host, original_host: original_host.as_ref(), hash };
         let exchange = Box::pin(tries.run(parts, body, &mut self.log));

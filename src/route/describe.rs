@@ -40,7 +40,21 @@ pub fn entries(table: &RouteTable, snap: &Snapshot, listener: usize) -> Vec<Rout
                 methods: e.methods.map(|m| m.iter().map(ToString::to_string).collect()),
                 headers: spec.headers.iter().map(|h| format!("{} {}", h.name, h.kind)).collect(),
                 query: spec.query.iter().map(|q| format!("{} {}", q.name, q.kind)).collect(),
-                upstream: route.upstream.as_ref().map(|u| u.name.to_string()),
+                upstream: route.upstream.as_ref().map(|u| u.name.to_string()).or_else(|| {
+                    route.split.as_ref().map(|s| {
+                        let mut before = 0;
+                        let sides: Vec<String> = s
+                            .choices
+                            .iter()
+                            .map(|(u, c)| {
+                                let weight = c - before;
+                                before = *c;
+                                format!("{} {weight}", u.name)
+                            })
+                            .collect();
+                        format!("split: {}", sides.join(", "))
+                    })
+                }),
                 rewrite: describe_rewrite(&route.rewrite),
                 policies: route.policies(listener).names_in_order(),
             }

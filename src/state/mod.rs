@@ -106,6 +106,9 @@ pub struct Route {
     pub id: RouteId,
     pub name: Arc<str>,
     pub upstream: Option<Arc<Upstream>>,
+    /// `split`: upstreams with cumulative weights, and what makes a caller stick to one.
+    pub split: Option<Split>,
+    pub mirror: Option<Mirror>,
     pub rewrite: PathRewrite,
     pub host: UpstreamHost,
     pub timeout: Option<Duration>,
@@ -150,4 +153,32 @@ impl SnapshotHandle {
     pub fn store(&self, snapshot: Snapshot) {
         self.0.store(Arc::new(snapshot));
     }
+}
+
+/// A weighted choice between upstreams.
+pub struct Split {
+    pub choices: Vec<(Arc<Upstream>, u64)>,
+    pub total: u64,
+    pub on: Option<crate::upstream::HashOn>,
+}
+
+impl Split {
+    /// The upstream for a request: by `hash` when sticky, else at random.
+    pub fn pick(&self, hash: Option<u64>) -> &Arc<Upstream> {
+        let x = match hash {
+            Some(h) => h % self.total.max(1),
+            None => fastrand::u64(0..self.total.max(1)),
+        };
+        let i = self.choices.partition_point(|(_, c)| *c <= x).min(self.choices.len() - 1);
+        &self.choices[i].0
+    }
+}
+
+/// Copies of requests to a shadow upstream.
+pub struct Mirror {
+    pub upstream: Arc<Upstream>,
+    /// Out of 1,000,000.
+    pub share: u32,
+    /// Copies in flight (bounded: a slow shadow cannot pile up work).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }

@@ -16,6 +16,7 @@ mod rate_limit;
 mod rate_limit_redis;
 mod reload;
 mod routing;
+mod splitting;
 mod timeouts;
 mod traffic_limits;
 mod upstreams;
