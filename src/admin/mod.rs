@@ -120,7 +120,9 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                     json!({
                         "url": &*e.url,
                         "weight": e.weight,
-                        "healthy": s.health.is_available(now),
+                        "healthy": s.is_available(now),
+                        "ejected": s.health.is_ejected(now),
+                        "health_check_down": s.active_down.load(std::sync::atomic::Ordering::Relaxed),
                         "consecutive_failures": s.health.consecutive_failures(),
                         "in_flight": s.in_flight.load(std::sync::atomic::Ordering::Relaxed),
                         "requests": s.requests.load(std::sync::atomic::Ordering::Relaxed),

@@ -65,7 +65,7 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     let mut problems = Problems::default();
     let server = server_settings(&config.server, &mut problems);
     let listeners = listener_names(config, ctx, &mut problems);
-    let upstreams = upstreams(config, ctx.registry, &mut problems);
+    let upstreams = upstreams(config, ctx.registry, ctx.dry_run, &mut problems);
     let consumers = match ConsumerIndex::compile(&config.consumers) {
         Ok(index) => Arc::new(index),
         Err(errors) => {
@@ -296,7 +296,12 @@ fn name_rule(name: &str) -> String {
 
 // === upstreams ===
 
-fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems) -> HashMap<Arc<str>, Arc<Upstream>> {
+fn upstreams(
+    config: &LocalConfig,
+    registry: &Registry,
+    ctx_dry_run: bool,
+    problems: &mut Problems,
+) -> HashMap<Arc<str>, Arc<Upstream>> {
     let mut out = HashMap::new();
     for (name, u) in &config.upstreams {
         let base = format!("upstreams.{name}");
@@ -436,10 +441,82 @@ fn upstreams(config: &LocalConfig, registry: &Registry, problems: &mut Problems)
                 };
                 Some(registry.breaker(&format!("{name}|{settings:?}"), settings))
             }),
+            fail_when_all_down: u.on_all_unhealthy == Some(crate::config::AllUnhealthyConfig::Fail),
+            probers: Vec::new(),
         };
+        let mut upstream = upstream;
+        if let Some(check) = &u.health_check {
+            match check_settings(check) {
+                Ok(settings) if !ctx_dry_run => {
+                    upstream.probers = upstream
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            let key = format!("{}|{settings:?}", e.url);
+                            registry.prober(&key, || {
+                                crate::upstream::active::Prober::start(
+                                    e.state.clone(),
+                                    e.url.clone(),
+                                    e.host.clone(),
+                                    e.port,
+                                    settings.clone(),
+                                )
+                            })
+                        })
+                        .collect();
+                }
+                Ok(_) => {}
+                Err((field, message)) => problems.add(format!("{base}.health_check.{field}"), message),
+            }
+        }
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }
     out
+}
+
+fn check_settings(
+    c: &crate::config::HealthCheckConfig,
+) -> Result<crate::upstream::active::CheckSettings, (String, String)> {
+    use crate::upstream::active::{CheckKind, CheckSettings, parse_status_range};
+    let kind = match c.kind {
+        crate::config::HealthCheckKind::Tcp => CheckKind::Tcp,
+        crate::config::HealthCheckKind::Http => {
+            if !c.path.starts_with('/') || c.path.parse::<http::Uri>().is_err() {
+                return Err(("path".into(), format!("\"{}\" is not a path starting with /", c.path)));
+            }
+            let mut statuses = Vec::new();
+            for (i, s) in c.expect_status.iter().enumerate() {
+                statuses.push(parse_status_range(s).map_err(|m| (format!("expect_status[{i}]"), m))?);
+            }
+            if statuses.is_empty() {
+                return Err(("expect_status".into(), "list at least one status".into()));
+            }
+            CheckKind::Http {
+                path: c.path.clone(),
+                host: c.host.clone(),
+                statuses,
+                body_contains: c.body_contains.clone(),
+            }
+        }
+    };
+    let interval = c.interval.get();
+    let timeout = c.timeout.get();
+    if interval < Duration::from_millis(10) {
+        return Err(("interval".into(), "at least 10ms".into()));
+    }
+    if timeout < Duration::from_millis(1) || timeout > interval {
+        return Err(("timeout".into(), "at least 1ms and at most the interval".into()));
+    }
+    if c.healthy_threshold == 0 || c.unhealthy_threshold == 0 {
+        return Err(("healthy_threshold".into(), "thresholds are at least 1".into()));
+    }
+    Ok(CheckSettings {
+        kind,
+        interval,
+        timeout,
+        healthy_threshold: c.healthy_threshold,
+        unhealthy_threshold: c.unhealthy_threshold,
+    })
 }
 
 fn retry_policy(c: &crate::config::RetriesConfig) -> Result<crate::upstream::retry::RetryPolicy, (String, String)> {

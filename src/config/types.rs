@@ -416,6 +416,69 @@ pub struct UpstreamConfig {
     /// Stop sending to an upstream that mostly fails, and cap its requests in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Ask each endpoint regularly whether it is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// When no endpoint is healthy: `spread` (default) sends to all of them anyway (panic mode);
+    /// `fail` answers 503 `no_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_all_unhealthy: Option<AllUnhealthyConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllUnhealthyConfig {
+    Spread,
+    Fail,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `http` (default) or `tcp` (a connection is enough).
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// `http`: the path asked for.
+    pub path: String,
+    /// `http`: the Host header. Default: the endpoint's host:port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `http`: accepted statuses: `200`, `200-399`, `2xx`. Default `[200-399]`.
+    pub expect_status: Vec<String>,
+    /// `http`: the body must contain this text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    pub interval: DurationValue,
+    pub timeout: DurationValue,
+    /// Successes in a row that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Failures in a row that take it out.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            path: "/health".into(),
+            host: None,
+            expect_status: vec!["200-399".into()],
+            body_contains: None,
+            interval: DurationValue::secs(5),
+            timeout: DurationValue::secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
 }
 
 /// A circuit breaker per upstream.

@@ -24,6 +24,7 @@ pub struct Registry {
     concurrency: Mutex<HashMap<String, Weak<Gates>>>,
     batches: Mutex<HashMap<String, Weak<crate::policy::rate_limit::batch::Batch>>>,
     breakers: Mutex<HashMap<String, Weak<crate::upstream::breaker::Breaker>>>,
+    probers: Mutex<HashMap<String, Weak<crate::upstream::active::Prober>>>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -147,6 +148,22 @@ impl Registry {
         let breaker = Arc::new(crate::upstream::breaker::Breaker::new(settings));
         map.insert(key.to_owned(), Arc::downgrade(&breaker));
         breaker
+    }
+
+    /// The active health check of an endpoint with these settings: kept across reloads.
+    pub fn prober(
+        &self,
+        key: &str,
+        start: impl FnOnce() -> Arc<crate::upstream::active::Prober>,
+    ) -> Arc<crate::upstream::active::Prober> {
+        let mut map = self.probers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(prober) = map.get(key).and_then(Weak::upgrade) {
+            return prober;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let prober = start();
+        map.insert(key.to_owned(), Arc::downgrade(&prober));
+        prober
     }
 
     /// Every live limit's store (for the idle-key sweep).

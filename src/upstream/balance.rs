@@ -93,7 +93,7 @@ impl Balancer {
         // Usable: not ejected, and not tried yet by this request. If that leaves nothing, relax:
         // first allow tried ones, then ejected ones (panic mode).
         let usable = |e: &Endpoint, strict: bool| {
-            e.state.health.is_available(pick.now_ms) && (!strict || !pick.tried.contains(&e.state.id))
+            e.state.is_available(pick.now_ms) && (!strict || !pick.tried.contains(&e.state.id))
         };
         let strict = endpoints.iter().any(|e| usable(e, true));
         let relaxed = strict || endpoints.iter().any(|e| usable(e, false));

@@ -3,6 +3,7 @@
 //! Request path step 6: `Upstream::select` → `Endpoint`, then `client::send` (step 7) takes a pooled
 //! connection to it. Runtime types only; built by `config::compile`.
 
+pub mod active;
 pub mod balance;
 pub mod breaker;
 pub mod client;
@@ -35,6 +36,11 @@ pub struct Upstream {
     pub budget: retry::RetryBudget,
     /// `circuit_breaker`, when configured (kept across reloads by the registry).
     pub breaker: Option<Arc<breaker::Breaker>>,
+    /// With no endpoint available: refuse (true) instead of using them all (panic mode).
+    pub fail_when_all_down: bool,
+    /// The endpoints' active health checks, running while this upstream (or a later one with the
+    /// same checks) lives.
+    pub probers: Vec<Arc<active::Prober>>,
 }
 
 impl Upstream {
@@ -64,11 +70,16 @@ impl Upstream {
             retry: retry::RetryPolicy::none(),
             budget: retry::RetryBudget::new(0, 0),
             breaker: None,
+            fail_when_all_down: false,
+            probers: Vec::new(),
         }
     }
 
     /// Picks the endpoint for one try of a request.
     pub fn select(&self, pick: Pick<'_>) -> Option<&Arc<Endpoint>> {
+        if self.fail_when_all_down && !self.endpoints.iter().any(|e| e.state.is_available(pick.now_ms)) {
+            return None;
+        }
         self.balancer.pick(&self.endpoints, pick)
     }
 
@@ -83,7 +94,7 @@ impl Upstream {
         let ejected = health.failure(&self.outlier, now_ms, || {
             // Never the whole upstream, and at most the configured share of it.
             let n = self.endpoints.len();
-            let out = self.endpoints.iter().filter(|e| e.state.health.is_ejected(now_ms)).count();
+            let out = self.endpoints.iter().filter(|e| !e.state.is_available(now_ms)).count();
             let cap = (n * self.outlier.max_ejected_percent as usize / 100).max(1);
             out + 1 < n && out < cap
         });
@@ -262,6 +273,8 @@ pub struct EndpointState {
     pub in_flight: AtomicU32,
     pub latency: health::Latency,
     pub health: health::Health,
+    /// Held down by a failing active health check.
+    pub active_down: std::sync::atomic::AtomicBool,
 }
 
 /// How long a DNS answer is reused. The system resolver does not tell us TTLs.
@@ -276,6 +289,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             latency: health::Latency::default(),
             health: health::Health::default(),
+            active_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -294,6 +308,11 @@ impl EndpointState {
         }
         *self.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some((addrs.clone(), Instant::now()));
         Ok(addrs)
+    }
+
+    /// Whether requests may go here: not ejected by passive health, not down by active checks.
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.health.is_available(now_ms) && !self.active_down.load(Ordering::Relaxed)
     }
 
     pub fn count_request(&self) {

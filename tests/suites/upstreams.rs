@@ -221,3 +221,64 @@ async fn the_circuit_breaker_opens_probes_and_closes() {
         assert_eq!(client.get("/x").await.status, 200);
     }
 }
+
+/// An upstream whose `/health` answers 200 or 503 as `well` says, and echoes everything else.
+fn checkable(name: &'static str, well: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Upstream {
+    use std::sync::atomic::Ordering;
+    Upstream::start(
+        name,
+        UpstreamBehaviour::Custom(std::sync::Arc::new(move |seen| {
+            let status = if seen.uri != "/health" || well.load(Ordering::SeqCst) { 200 } else { 503 };
+            let body = serde_json::json!({"instance": name}).to_string();
+            http::Response::builder().status(status).body(bytes::Bytes::from(body)).unwrap()
+        })),
+    )
+}
+
+#[tokio::test]
+async fn active_health_checks_take_endpoints_out_and_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a_well, b_well) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let (a, b) = (checkable("a", a_well.clone()), checkable("b", b_well.clone()));
+    let settings = "    health_check: { path: /health, interval: 50ms, timeout: 40ms, unhealthy_threshold: 2, healthy_threshold: 2 }\n    on_all_unhealthy: fail";
+    let gw = TestGateway::start(&config(&[&a, &b], settings));
+    let mut client = Client::connect(gw.addr()).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(served_by(&mut client, "/x", &[]).await);
+    }
+    assert_eq!(seen.len(), 2, "both in rotation: {seen:?}");
+
+    b_well.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..20 {
+        assert_eq!(served_by(&mut client, "/x", &[]).await, "a", "b failed its checks");
+    }
+    // Nobody healthy, and the upstream says fail rather than spread.
+    a_well.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reply = client.get("/x").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.error_code(), "no_endpoint");
+    // Back after two good checks.
+    b_well.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..10 {
+        assert_eq!(served_by(&mut client, "/x", &[]).await, "b");
+    }
+}
+
+#[tokio::test]
+async fn a_tcp_check_notices_a_stopped_endpoint() {
+    let live = Upstream::echo("live");
+    let mut gone = Upstream::echo("gone");
+    let settings = "    health_check: { type: tcp, interval: 50ms, timeout: 40ms, unhealthy_threshold: 1 }\n    retries: { attempts: 0 }\n    passive_health: { consecutive_failures: 0 }";
+    let gw = TestGateway::start(&config(&[&live, &gone], settings));
+    gone.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = Client::connect(gw.addr()).await;
+    for i in 0..20 {
+        assert_eq!(client.get("/x").await.status, 200, "request {i} went to the stopped endpoint");
+    }
+}
