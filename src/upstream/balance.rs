@@ -145,6 +145,18 @@ fn two_choices(
     ok: &dyn Fn(&Endpoint) -> bool,
     cost: impl Fn(&Endpoint) -> f64,
 ) -> Option<usize> {
+    let n = endpoints.len();
+    // Usually every endpoint is usable: draw among all, without building a list.
+    for _ in 0..4 {
+        let a = fastrand::usize(0..n);
+        let b = (a + 1 + fastrand::usize(0..n - 1)) % n;
+        match (ok(&endpoints[a]), ok(&endpoints[b])) {
+            (true, true) => return Some(if cost(&endpoints[b]) < cost(&endpoints[a]) { b } else { a }),
+            (true, false) => return Some(a),
+            (false, true) => return Some(b),
+            (false, false) => {}
+        }
+    }
     let usable: Vec<usize> = (0..endpoints.len()).filter(|&i| ok(&endpoints[i])).collect();
     match usable.len() {
         0 => None,

@@ -1,0 +1,63 @@
+//! The cost of picking an endpoint, per balancing algorithm, among 10 endpoints (and 100 for the
+//! ring): what step 6 of every request costs.
+//!
+//! Run: `cargo bench --bench balance`.
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use divan::Bencher;
+use gatehouse::state::registry::BalancerState;
+use gatehouse::upstream::balance::{Balancer, Pick, stable_hash};
+use gatehouse::upstream::{Endpoint, EndpointState};
+
+fn main() {
+    divan::main();
+}
+
+fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+    (0..n)
+        .map(|i| {
+            let url = format!("http://10.0.0.{i}:8080");
+            Arc::new(Endpoint::new(&url, &format!("10.0.0.{i}"), 8080, 1, Arc::new(EndpointState::new(i as u64 + 1))))
+        })
+        .collect()
+}
+
+fn run(bencher: Bencher, balancer: Balancer, n: usize, hashed: bool) {
+    let list = endpoints(n);
+    let mut k = 0u64;
+    bencher.bench_local(|| {
+        k += 1;
+        let pick = Pick { hash: hashed.then(|| stable_hash(&k)), now_ms: 1, ..Pick::default() };
+        black_box(balancer.pick(black_box(&list), pick)).map(|e| e.state.id)
+    });
+}
+
+#[divan::bench]
+fn round_robin(bencher: Bencher) {
+    run(bencher, Balancer::round_robin(&[1; 10], Arc::new(BalancerState::default())), 10, false);
+}
+
+#[divan::bench]
+fn random(bencher: Bencher) {
+    run(bencher, Balancer::random(&[1; 10]), 10, false);
+}
+
+#[divan::bench]
+fn least_request(bencher: Bencher) {
+    run(bencher, Balancer::LeastRequest, 10, false);
+}
+
+#[divan::bench]
+fn ewma(bencher: Bencher) {
+    run(bencher, Balancer::PeakEwma, 10, false);
+}
+
+#[divan::bench(args = [10, 100])]
+fn consistent_hash(bencher: Bencher, n: usize) {
+    let list = endpoints(n);
+    let names: Vec<&str> = list.iter().map(|e| &*e.url).collect();
+    run(bencher, Balancer::ring(&names, &vec![1; n]), n, true);
+}
