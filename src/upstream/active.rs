@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -178,7 +178,7 @@ pub fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
         let s: u16 = text.parse().map_err(|_| bad())?;
         (s, s)
     };
-    if StatusCode::from_u16(range.0).is_err() || StatusCode::from_u16(range.1).is_err() || range.0 > range.1 {
+    if !(100..=599).contains(&range.0) || !(100..=599).contains(&range.1) || range.0 > range.1 {
         return Err(bad());
     }
     Ok(range)
