@@ -127,7 +127,33 @@ enum HeaderStyle {
 pub struct RateReport {
     policy: Arc<RateLimitPolicy>,
     /// Per limit; `None` for a limit not asked (an earlier one already refused).
-    decisions: Box<[Option<Decision>]>,
+    decisions: Decisions,
+}
+
+/// A report's decisions: inline for the usual one or two limits (no allocation per request).
+enum Decisions {
+    Inline(usize, [Option<Decision>; 2]),
+    Heap(Box<[Option<Decision>]>),
+}
+
+impl Decisions {
+    fn from_slice(list: &[Option<Decision>]) -> Decisions {
+        match list.len() {
+            n @ 0..=2 => {
+                let mut inline = [None; 2];
+                inline[..n].copy_from_slice(list);
+                Decisions::Inline(n, inline)
+            }
+            _ => Decisions::Heap(list.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Option<Decision>] {
+        match self {
+            Decisions::Inline(n, inline) => &inline[..*n],
+            Decisions::Heap(list) => list,
+        }
+    }
 }
 
 impl RateLimitPolicy {
@@ -330,18 +356,19 @@ impl RateLimitPolicy {
         }
         let now = now_ns();
         let plan = plan_of(source);
-        let mut decisions = Vec::with_capacity(self.limits.len());
+        // On the stack: no allocation on the request path.
+        let mut decisions = [None; MAX_LIMITS];
+        let decisions = &mut decisions[..self.limits.len()];
         let mut keys = [0u64; MAX_LIMITS];
         for (i, limit) in self.limits.iter().enumerate() {
             if !limit.applies(plan) {
-                decisions.push(None);
                 continue;
             }
             let mut hasher = hasher();
             key::write_key(&limit.key, source, &mut hasher);
             keys[i] = hasher.finish();
             let decision = limit.store.decide(keys[i], now);
-            decisions.push(Some(decision));
+            decisions[i] = Some(decision);
             if !decision.allowed {
                 for ((earlier, key), d) in self.limits[..i].iter().zip(keys).zip(decisions.iter_mut()) {
                     if d.is_some() {
@@ -432,12 +459,12 @@ impl RateLimitPolicy {
                     reset_ns: 0,
                     retry_after_ns: 0,
                 });
-                *report = self.report(decisions);
+                *report = self.report(&decisions);
                 return Err(self.refusal(index, &refusal));
             }
             taken.push((keys, args));
         }
-        *report = self.report(decisions);
+        *report = self.report(&decisions);
         Ok(())
     }
 
@@ -468,9 +495,9 @@ impl RateLimitPolicy {
         ProxyError::RateLimited { retry_after, limit: self.limits[index].name.clone(), quota: self.quota }
     }
 
-    fn report(self: &Arc<Self>, decisions: Vec<Option<Decision>>) -> Option<RateReport> {
+    fn report(self: &Arc<Self>, decisions: &[Option<Decision>]) -> Option<RateReport> {
         (self.headers != HeaderStyle::None)
-            .then(|| RateReport { policy: self.clone(), decisions: decisions.into_boxed_slice() })
+            .then(|| RateReport { policy: self.clone(), decisions: Decisions::from_slice(decisions) })
     }
 }
 
@@ -553,21 +580,43 @@ impl RateReport {
         let policy = &self.policy;
         if matches!(policy.headers, HeaderStyle::Ietf | HeaderStyle::Both) {
             // Several policies (a rate limit and a quota) each add their items: the fields are lists.
-            if self.decisions.iter().all(Option::is_some) {
+            if self.decisions.as_slice().iter().all(Option::is_some) {
                 headers.append(RATELIMIT_POLICY.clone(), policy.policy_header.clone());
             } else {
-                let decided = policy.limits.iter().zip(self.decisions.iter()).filter(|(_, d)| d.is_some());
+                let decided = policy.limits.iter().zip(self.decisions.as_slice().iter()).filter(|(_, d)| d.is_some());
                 if let Some(value) = policy_header(decided.map(|(l, _)| l)) {
                     headers.append(RATELIMIT_POLICY.clone(), value);
                 }
             }
-            let mut value = String::with_capacity(32 * self.decisions.len());
-            for (limit, d) in policy.limits.iter().zip(self.decisions.iter()) {
+            // Written on the stack (one allocation: the header value's own), or in a String when
+            // many limits make it long.
+            let mut buf = [0u8; 256];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let mut fits = true;
+            for (limit, d) in policy.limits.iter().zip(self.decisions.as_slice().iter()) {
                 let Some(d) = d else { continue };
-                let sep = if value.is_empty() { "" } else { ", " };
-                let _ = write!(value, "{sep}\"{}\";r={};t={}", limit.name, d.remaining, ceil_secs(d.reset_ns));
+                let sep = if cursor.position() == 0 { "" } else { ", " };
+                let item = (limit.name.as_ref(), d.remaining, ceil_secs(d.reset_ns));
+                if std::io::Write::write_fmt(&mut cursor, format_args!("{sep}\"{}\";r={};t={}", item.0, item.1, item.2))
+                    .is_err()
+                {
+                    fits = false;
+                    break;
+                }
             }
-            if let (false, Ok(v)) = (value.is_empty(), HeaderValue::from_str(&value)) {
+            let value = if fits {
+                let len = cursor.position() as usize;
+                HeaderValue::from_bytes(&buf[..len]).ok().filter(|_| len > 0)
+            } else {
+                let mut long = String::new();
+                for (limit, d) in policy.limits.iter().zip(self.decisions.as_slice().iter()) {
+                    let Some(d) = d else { continue };
+                    let sep = if long.is_empty() { "" } else { ", " };
+                    let _ = write!(long, "{sep}\"{}\";r={};t={}", limit.name, d.remaining, ceil_secs(d.reset_ns));
+                }
+                HeaderValue::from_str(&long).ok()
+            };
+            if let Some(v) = value {
                 headers.append(RATELIMIT.clone(), v);
             }
         }
@@ -576,7 +625,7 @@ impl RateReport {
             let Some((limit, d)) = policy
                 .limits
                 .iter()
-                .zip(self.decisions.iter())
+                .zip(self.decisions.as_slice().iter())
                 .filter_map(|(limit, d)| Some((limit, d.as_ref()?)))
                 .min_by(|(_, a), (_, b)| a.remaining.cmp(&b.remaining).then(b.reset_ns.cmp(&a.reset_ns)))
             else {
