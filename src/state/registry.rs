@@ -16,15 +16,15 @@ use crate::upstream::EndpointState;
 
 #[derive(Default)]
 pub struct Registry {
-    endpoints: Mutex<HashMap<String, Weak<EndpointState>>>,
-    balancers: Mutex<HashMap<String, Weak<BalancerState>>>,
-    jwks: Mutex<HashMap<String, Weak<JwksSource>>>,
-    rate_limits: Mutex<HashMap<String, Weak<LocalStore>>>,
-    redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
-    concurrency: Mutex<HashMap<String, Weak<Gates>>>,
-    batches: Mutex<HashMap<String, Weak<crate::policy::rate_limit::batch::Batch>>>,
-    breakers: Mutex<HashMap<String, Weak<crate::upstream::breaker::Breaker>>>,
-    probers: Mutex<HashMap<String, Weak<crate::upstream::active::Prober>>>,
+    endpoints: Shared<EndpointState>,
+    balancers: Shared<BalancerState>,
+    jwks: Shared<JwksSource>,
+    rate_limits: Shared<LocalStore>,
+    redis: Shared<RedisBackend>,
+    concurrency: Shared<Gates>,
+    batches: Shared<crate::policy::rate_limit::batch::Batch>,
+    breakers: Shared<crate::upstream::breaker::Breaker>,
+    probers: Shared<crate::upstream::active::Prober>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -41,15 +41,8 @@ impl Registry {
 
     /// The state of the endpoint at `key` (its URL), created on first use.
     pub fn endpoint(&self, key: &str) -> Arc<EndpointState> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = map.get(key).and_then(Weak::upgrade) {
-            return state;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let id = self.next_endpoint_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let state = Arc::new(EndpointState::new(id));
-        map.insert(key.to_owned(), Arc::downgrade(&state));
-        state
+        let next = &self.next_endpoint_id;
+        get_or(&self.endpoints, key, || Arc::new(EndpointState::new(next.fetch_add(1, Ordering::Relaxed) + 1)))
     }
 
     /// The remote JWKS at `url` with these settings: its keys survive reloads, so a reload does not
@@ -62,59 +55,30 @@ impl Registry {
         min_refetch: std::time::Duration,
     ) -> Arc<JwksSource> {
         let key = format!("{url}|{allowed:?}|{}|{}", refresh.as_millis(), min_refetch.as_millis());
-        let mut map = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(source) = map.get(&key).and_then(Weak::upgrade) {
-            return source;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let source = Arc::new(JwksSource::new(url.to_owned(), allowed, refresh, min_refetch));
-        map.insert(key, Arc::downgrade(&source));
-        source
+        get_or(&self.jwks, &key, || Arc::new(JwksSource::new(url.to_owned(), allowed, refresh, min_refetch)))
     }
 
     /// The counters of the limit with this scope and settings: a reload that keeps the limit keeps
     /// its counts; changed settings make a new fingerprint, so a fresh store.
     pub fn rate_limit_store(&self, fingerprint: &str, make: impl FnOnce() -> LocalStore) -> Arc<LocalStore> {
-        let mut map = self.rate_limits.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = map.get(fingerprint).and_then(Weak::upgrade) {
-            return store;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let store = Arc::new(make());
-        map.insert(fingerprint.to_owned(), Arc::downgrade(&store));
-        store
+        get_or(&self.rate_limits, fingerprint, || Arc::new(make()))
     }
 
     /// The Redis backend with these settings: its connections and health survive reloads.
     pub fn redis(&self, config: &crate::config::RedisConfig) -> Result<Arc<RedisBackend>, (String, String)> {
         let key = crate::policy::rate_limit::redis::fingerprint(config);
-        let mut map = self.redis.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(backend) = map.get(&key).and_then(Weak::upgrade) {
-            return Ok(backend);
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let backend = Arc::new(RedisBackend::new(config)?);
-        map.insert(key, Arc::downgrade(&backend));
-        Ok(backend)
+        get_or_try(&self.redis, &key, || RedisBackend::new(config).map(Arc::new))
     }
 
     /// The in-flight slots of the `concurrency` policy with this scope and settings: a reload
     /// that keeps the policy keeps counting the requests in flight.
     pub fn concurrency_gates(&self, fingerprint: &str, make: impl FnOnce() -> Gates) -> Arc<Gates> {
-        let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gates) = map.get(fingerprint).and_then(Weak::upgrade) {
-            return gates;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let gates = Arc::new(make());
-        map.insert(fingerprint.to_owned(), Arc::downgrade(&gates));
-        gates
+        get_or(&self.concurrency, fingerprint, || Arc::new(make()))
     }
 
     /// Every live `concurrency` policy's slots (for the idle-key sweep).
     pub fn concurrency_gate_sets(&self) -> Vec<Arc<Gates>> {
-        let map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter_map(Weak::upgrade).collect()
+        live(&self.concurrency)
     }
 
     /// The batched Redis sync of a policy with these settings: kept across reloads, so counts
@@ -124,14 +88,7 @@ impl Registry {
         fingerprint: &str,
         make: impl FnOnce() -> std::io::Result<Arc<crate::policy::rate_limit::batch::Batch>>,
     ) -> std::io::Result<Arc<crate::policy::rate_limit::batch::Batch>> {
-        let mut map = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(batch) = map.get(fingerprint).and_then(Weak::upgrade) {
-            return Ok(batch);
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let batch = make()?;
-        map.insert(fingerprint.to_owned(), Arc::downgrade(&batch));
-        Ok(batch)
+        get_or_try(&self.batches, fingerprint, make)
     }
 
     /// The circuit breaker of the upstream with this name and settings: its state survives reloads.
@@ -140,14 +97,7 @@ impl Registry {
         key: &str,
         settings: crate::upstream::breaker::BreakerSettings,
     ) -> Arc<crate::upstream::breaker::Breaker> {
-        let mut map = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(breaker) = map.get(key).and_then(Weak::upgrade) {
-            return breaker;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let breaker = Arc::new(crate::upstream::breaker::Breaker::new(settings));
-        map.insert(key.to_owned(), Arc::downgrade(&breaker));
-        breaker
+        get_or(&self.breakers, key, || Arc::new(crate::upstream::breaker::Breaker::new(settings)))
     }
 
     /// The active health check of an endpoint with these settings: kept across reloads.
@@ -156,34 +106,46 @@ impl Registry {
         key: &str,
         start: impl FnOnce() -> Arc<crate::upstream::active::Prober>,
     ) -> Arc<crate::upstream::active::Prober> {
-        let mut map = self.probers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(prober) = map.get(key).and_then(Weak::upgrade) {
-            return prober;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let prober = start();
-        map.insert(key.to_owned(), Arc::downgrade(&prober));
-        prober
+        get_or(&self.probers, key, start)
     }
 
     /// Every live limit's store (for the idle-key sweep).
     pub fn rate_limit_stores(&self) -> Vec<Arc<LocalStore>> {
-        let map = self.rate_limits.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter_map(Weak::upgrade).collect()
+        live(&self.rate_limits)
     }
 
     /// The balancer state of the upstream with this name and settings fingerprint: a changed
     /// endpoint list starts a fresh rotation, an unchanged one continues where it was.
     pub fn balancer(&self, key: &str) -> Arc<BalancerState> {
-        let mut map = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = map.get(key).and_then(Weak::upgrade) {
-            return state;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let state = Arc::new(BalancerState::default());
-        map.insert(key.to_owned(), Arc::downgrade(&state));
-        state
+        get_or(&self.balancers, key, || Arc::new(BalancerState::default()))
     }
+}
+
+/// Entries held weakly by key: the state lives while some snapshot uses it.
+type Shared<T> = Mutex<HashMap<String, Weak<T>>>;
+
+/// The live entry at `key`, or a new one from `make` (dead entries are dropped on the way).
+fn get_or_try<T, E>(map: &Shared<T>, key: &str, make: impl FnOnce() -> Result<Arc<T>, E>) -> Result<Arc<T>, E> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = map.get(key).and_then(Weak::upgrade) {
+        return Ok(found);
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let made = make()?;
+    map.insert(key.to_owned(), Arc::downgrade(&made));
+    Ok(made)
+}
+
+fn get_or<T>(map: &Shared<T>, key: &str, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+    match get_or_try::<T, std::convert::Infallible>(map, key, || Ok(make())) {
+        Ok(found) => found,
+        Err(never) => match never {},
+    }
+}
+
+/// Every live entry.
+fn live<T>(map: &Shared<T>) -> Vec<Arc<T>> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).values().filter_map(Weak::upgrade).collect()
 }
 
 #[cfg(test)]

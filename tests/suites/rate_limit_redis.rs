@@ -240,18 +240,7 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
             }
             let args = script_args(algorithm, now);
             let expected = algorithm.decide(&mut state, now);
-            let reply: Vec<i64> = decide
-                .key(&key)
-                .arg(now / 1000)
-                .arg(1)
-                .arg(args[0])
-                .arg(args[1])
-                .arg(args[2])
-                .invoke_async(&mut conn)
-                .await
-                .unwrap();
-            // The script sets expiries by this made-up clock; Redis would apply them by its own.
-            let _: i64 = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
+            let reply = run_script(&decide, &mut conn, &key, now, 1, args).await;
             let (refused, got) = parse_reply(&reply, 1).unwrap();
             assert_eq!(refused.is_some(), !expected.allowed, "{algorithm:?} step {step}");
             let got = got[0];
@@ -268,33 +257,14 @@ async fn the_redis_script_decides_exactly_like_the_local_algorithms() {
             if step % 7 == 3 {
                 // Batch sync: admitted elsewhere, charged whatever the limit says.
                 algorithm.charge(&mut state, now, 3);
-                let reply: Vec<i64> = charge
-                    .key(&key)
-                    .arg(now / 1000)
-                    .arg(3)
-                    .arg(args[0])
-                    .arg(args[1])
-                    .arg(args[2])
-                    .invoke_async(&mut conn)
-                    .await
-                    .unwrap();
-                let _: i64 = redis::cmd("PERSIST").arg(&key).query_async(&mut conn).await.unwrap();
+                let reply = run_script(&charge, &mut conn, &key, now, 3, args).await;
                 let global = algorithm.from_script_state([reply[0] as u64, reply[1] as u64, reply[2] as u64]);
                 assert_eq!(global, state, "{algorithm:?} step {step}: charged states differ");
                 continue;
             }
             if expected.allowed && step % 5 == 0 {
                 algorithm.refund(&mut state, now);
-                let _: i64 = refund
-                    .key(&key)
-                    .arg(now / 1000)
-                    .arg(1)
-                    .arg(args[0])
-                    .arg(args[1])
-                    .arg(args[2])
-                    .invoke_async(&mut conn)
-                    .await
-                    .unwrap();
+                run_script(&refund, &mut conn, &key, now, 1, args).await;
             }
         }
     }
@@ -455,4 +425,38 @@ fn charged_tokens(redis: &RedisServer, interval_ms: u64) -> u64 {
     let keys = redis.command(&["--scan", "--pattern", "gatehouse:rl:*"]).unwrap();
     let ttl: u64 = redis.command(&["PTTL", keys.trim()]).unwrap().trim().parse().unwrap();
     (ttl + interval_ms / 2) / interval_ms
+}
+
+/// Runs one of the rate-limit scripts the way the gateway does, but at the made-up time `now_ns`,
+/// and clears the expiry it set (by that clock; Redis would apply it by its own).
+async fn run_script(
+    script: &redis::Script,
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    now_ns: u64,
+    second: u64,
+    args: [u64; 3],
+) -> Vec<i64> {
+    let reply: redis::Value = script
+        .key(key)
+        .arg(now_ns / 1000)
+        .arg(second)
+        .arg(args[0])
+        .arg(args[1])
+        .arg(args[2])
+        .invoke_async(conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PERSIST").arg(key).query_async(conn).await.unwrap();
+    match reply {
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::Int(n) => n,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect(),
+        redis::Value::Int(n) => vec![n],
+        other => panic!("unexpected {other:?}"),
+    }
 }
