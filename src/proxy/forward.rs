@@ -190,6 +190,9 @@ pub async fn read_small(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
     }
 }
 
+/// Marks the copies sent to a mirror; removed from every client request.
+pub static MIRROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-gatehouse-mirror");
+
 /// The largest body copied to a mirror (kept in memory for it).
 pub const MIRROR_MAX_BODY: u64 = 64 * 1024;
 /// Copies in flight to one mirror at most: a slow or hanging shadow costs a bounded amount.
@@ -218,7 +221,7 @@ pub fn mirror(mirror: &crate::state::Mirror, parts: &Parts, body: &UpstreamBody)
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
-    request.headers_mut().insert("x-gatehouse-mirror", HeaderValue::from_static("1"));
+    request.headers_mut().insert(MIRROR_HEADER.clone(), HeaderValue::from_static("1"));
     let upstream = mirror.upstream.clone();
     let in_flight = mirror.in_flight.clone();
     tokio::spawn(async move {

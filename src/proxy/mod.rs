@@ -156,6 +156,8 @@ impl Exchange<'_> {
             parts.headers.remove(&crate::policy::consumers::CONSUMER_NAME);
             parts.headers.remove(&crate::policy::consumers::CONSUMER_GROUPS);
         }
+        // So is the mark of a mirrored copy: a client cannot pass its request off as shadow traffic.
+        parts.headers.remove(&forward::MIRROR_HEADER);
 
         let (host, original_host) = headers::request_host(&parts)?;
         let path = normalize::normalize_path(parts.uri.path(), &server.path)

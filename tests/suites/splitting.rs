@@ -89,6 +89,9 @@ async fn mirrored_copies_arrive_and_a_hanging_mirror_slows_nothing() {
     assert_eq!(copy.uri, "/products/new");
     assert_eq!(&copy.body[..], b"a new product");
     assert_eq!(copy.headers["x-gatehouse-mirror"], "1");
+    // A client cannot pass its own request off as a mirrored copy.
+    let spoofed = client.request("GET", "/products/1", &[("x-gatehouse-mirror", "1")], "").await;
+    assert!(spoofed.json()["headers"].get("x-gatehouse-mirror").is_none(), "{}", spoofed.text());
 
     // A mirror that never answers: the real requests are as fast as ever, and none fails.
     let hanging = Upstream::start("hanging", UpstreamBehaviour::Hang);
