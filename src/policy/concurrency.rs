@@ -44,8 +44,21 @@ struct Gate {
     waiting: AtomicUsize,
 }
 
-/// A taken slot: given back when dropped (with the response body).
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+/// A taken slot: given back when dropped (with the response body). The key's entry goes with the
+/// last slot, so the map holds only keys with requests in flight or waiting: a flood of distinct
+/// keys costs memory only while its requests are in flight.
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    gates: Arc<Gates>,
+    key: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.gates.forget_if_idle(self.key);
+    }
+}
 
 impl ConcurrencyPolicy {
     pub fn compile(
@@ -93,11 +106,14 @@ impl ConcurrencyPolicy {
     pub async fn enter(&self, source: &KeySource<'_>) -> Result<Slot, ProxyError> {
         let mut hasher = hasher();
         key::write_key(&self.key, source, &mut hasher);
-        let gate = self.gates.gate(hasher.finish());
+        let key = hasher.finish();
+        let gate = self.gates.gate(key);
         if let Ok(permit) = gate.slots.clone().try_acquire_owned() {
-            return Ok(Slot(permit));
+            return Ok(self.slot(permit, key));
         }
         if self.queue == 0 {
+            drop(gate);
+            self.gates.forget_if_idle(key);
             return Err(too_busy());
         }
         // Join the queue only while it has room; leave it however the wait ends.
@@ -107,10 +123,18 @@ impl ConcurrencyPolicy {
         }
         let waited = tokio::time::timeout(self.queue_timeout, gate.slots.clone().acquire_owned()).await;
         gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(gate);
         match waited {
-            Ok(Ok(permit)) => Ok(Slot(permit)),
-            _ => Err(too_busy()),
+            Ok(Ok(permit)) => Ok(self.slot(permit, key)),
+            _ => {
+                self.gates.forget_if_idle(key);
+                Err(too_busy())
+            }
         }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit, key: u64) -> Slot {
+        Slot { permit: Some(permit), gates: self.gates.clone(), key }
     }
 
     /// Whether entering may wait (so the caller boxes the wait, keeping its own future small).
@@ -122,10 +146,16 @@ impl ConcurrencyPolicy {
     pub fn try_enter(&self, source: &KeySource<'_>) -> Option<Result<Slot, ProxyError>> {
         let mut hasher = hasher();
         key::write_key(&self.key, source, &mut hasher);
-        let gate = self.gates.gate(hasher.finish());
-        match gate.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(Slot(permit))),
-            Err(_) if self.queue == 0 => Some(Err(too_busy())),
+        let key = hasher.finish();
+        let gate = self.gates.gate(key);
+        let taken = gate.slots.clone().try_acquire_owned();
+        drop(gate);
+        match taken {
+            Ok(permit) => Some(Ok(self.slot(permit, key))),
+            Err(_) if self.queue == 0 => {
+                self.gates.forget_if_idle(key);
+                Some(Err(too_busy()))
+            }
             Err(_) => None,
         }
     }
@@ -148,6 +178,28 @@ impl Gates {
                 Arc::new(Gate { slots: Arc::new(Semaphore::new(self.max)), waiting: AtomicUsize::new(0) })
             })
             .clone()
+    }
+
+    /// Forgets `key` if nothing of it is in flight or waiting (and nobody holds its gate).
+    fn forget_if_idle(&self, key: u64) {
+        let mut shard = self.shards[(key >> 60) as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        let idle = shard.get(&key).is_some_and(|gate| {
+            Arc::strong_count(gate) == 1
+                && gate.slots.available_permits() == self.max
+                && gate.waiting.load(Ordering::Acquire) == 0
+        });
+        if idle {
+            shard.remove(&key);
+        }
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets keys with nothing in flight and nobody waiting; returns how many remain.
@@ -180,4 +232,27 @@ impl Gates {
 fn hasher() -> impl Hasher {
     static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     STATE.get_or_init(Default::default).build_hasher()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_forgotten_when_their_last_slot_is_given_back() {
+        let gates = Arc::new(Gates::new(1));
+        let policy =
+            ConcurrencyPolicy { key: Box::new([]), gates: gates.clone(), queue: 0, queue_timeout: Duration::ZERO };
+        let slots: Vec<Slot> = (0..1000u64)
+            .map(|k| {
+                let gate = gates.gate(k);
+                let permit = gate.slots.clone().try_acquire_owned().unwrap();
+                drop(gate);
+                policy.slot(permit, k)
+            })
+            .collect();
+        assert_eq!(gates.len(), 1000, "one entry per key in flight");
+        drop(slots);
+        assert!(gates.is_empty(), "a flood of distinct keys leaves nothing behind");
+    }
 }
