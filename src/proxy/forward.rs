@@ -93,7 +93,9 @@ impl Tries<'_> {
                 let r = &this_try;
                 template = Some((r.method().clone(), r.uri().clone(), r.version(), r.headers().clone()));
             }
-            let ticket = match upstream.breaker.as_ref().map(|b| b.admit(now_ms)) {
+            // The breaker reads the clock afresh: its open time is short, and the coarse clock
+            // can be a quarter of a second behind.
+            let ticket = match upstream.breaker.as_ref().map(|b| b.admit(clock::tick())) {
                 None => None,
                 Some(Ok(ticket)) => Some(ticket),
                 Some(Err(refusal)) => {
@@ -111,7 +113,7 @@ impl Tries<'_> {
                     Ok((response, _)) => response.status().is_server_error(),
                     Err((error, _)) => !super::error::is_client_fault(error),
                 };
-                breaker.finish(ticket, failed, clock::now_ms());
+                breaker.finish(ticket, failed, clock::tick());
             }
             match result {
                 Ok((response, checkout)) => {
