@@ -30,9 +30,46 @@ pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
     bytes.chunks(2).map(|pair| Some((hex_value(pair[0])? << 4) | hex_value(pair[1])?)).collect()
 }
 
+/// The raw (still percent-encoded) value of the first non-empty `name=` parameter of `query`.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
+/// `query` without its `name` parameters (`None` when nothing is left).
+pub fn query_without(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// The value of the first non-empty `name` cookie in `Cookie` header lines (quotes removed).
+pub fn cookie<'a>(lines: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    lines.flat_map(|line| line.split(';')).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        let v = v.trim_matches('"');
+        (k == name && !v.is_empty()).then_some(v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_params_and_cookies_are_found_by_exact_name() {
+        assert_eq!(query_param("a=1&key=abc&key=def", "key"), Some("abc"));
+        assert_eq!(query_param("akey=1&key&key=", "key"), None);
+        assert_eq!(query_without("a=1&key=x&b&key", "key").as_deref(), Some("a=1&b"));
+        assert_eq!(query_without("key=x", "key"), None);
+        let lines = ["a=1; sid=\"xyz\"", "sid=later"];
+        assert_eq!(cookie(lines.into_iter(), "sid"), Some("xyz"));
+        assert_eq!(cookie(["xsid=1; sid="].into_iter(), "sid"), None);
+    }
 
     #[test]
     fn hex_round_trips_and_rejects_junk() {

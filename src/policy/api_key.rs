@@ -71,12 +71,8 @@ impl ApiKeyPolicy {
                     }
                 }
                 Source::Query(name) => {
-                    let found = query?.split('&').find_map(|pair| {
-                        let (k, v) = pair.split_once('=')?;
-                        (k == name && !v.is_empty()).then_some(v.as_bytes())
-                    });
-                    if let Some(key) = found {
-                        return Some((key, source));
+                    if let Some(key) = crate::text::query_param(query?, name) {
+                        return Some((key.as_bytes(), source));
                     }
                 }
             }
@@ -124,12 +120,7 @@ impl ApiKeyPolicy {
                     headers.remove(&name);
                 }
                 Source::Query(name) => {
-                    let kept: Vec<&str> = query
-                        .unwrap_or_default()
-                        .split('&')
-                        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-                        .collect();
-                    edit.query = Some((!kept.is_empty()).then(|| kept.join("&")));
+                    edit.query = Some(crate::text::query_without(query.unwrap_or_default(), name));
                 }
             }
         }

@@ -65,6 +65,14 @@ impl<V: Clone> LocalCache<V> {
     }
 }
 
+/// The cache scope of a policy: a hash of its settings, so that a reload that changes them does
+/// not reuse answers given under the old ones.
+pub fn scope_of(settings: &impl std::fmt::Debug) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&format!("{settings:?}"), &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

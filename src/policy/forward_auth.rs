@@ -19,8 +19,6 @@
 //! listed, `:method`, `:path`, `:host`); denials are never cached, so a caller who just logged in is
 //! asked about again at once.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,9 +137,8 @@ impl ForwardAuthPolicy {
             if ttl < Duration::from_millis(1) {
                 errors.push(("cache.ttl".to_owned(), "must be at least 1ms".to_owned()));
             }
-            let mut h = DefaultHasher::new();
-            format!("{config:?}").hash(&mut h);
-            DecisionCache { ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64, key, scope: h.finish() }
+            let scope = crate::policy::cache::scope_of(config);
+            DecisionCache { ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64, key, scope }
         });
         let Some(service) = service else { return Err(errors) };
         if !errors.is_empty() {

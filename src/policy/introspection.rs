@@ -11,8 +11,6 @@
 //! the whole token. Inactive answers are cached too, so a client repeating a dead token costs the
 //! authorization server one call per `cache_ttl`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +29,7 @@ use super::cache::LocalCache;
 use super::consumers::ConsumerIndex;
 use super::identity::Identity;
 use super::service::Service;
-use super::token::{ClaimHeaders, QueryEdit, TokenSources, strip};
+use super::token::{Bearer, ClaimHeaders, QueryEdit, TokenSources};
 
 /// Tokens longer than this are refused without asking.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -52,10 +50,7 @@ pub struct IntrospectionPolicy {
     client_auth: HeaderValue,
     token_type_hint: String,
     audience: Option<Vec<String>>,
-    sources: TokenSources,
-    claims: ClaimHeaders,
-    strip: bool,
-    optional: bool,
+    bearer: Bearer,
     cache_ttl_ms: u64,
     /// Identifies these settings in the per-worker cache.
     scope: u64,
@@ -84,11 +79,7 @@ impl IntrospectionPolicy {
         let sources = TokenSources::compile(&config.token_from, &mut errors);
         let claims =
             ClaimHeaders::compile(&config.forward_claims, config.consumer_claim.as_ref(), consumers, &mut errors);
-        let scope = {
-            let mut h = DefaultHasher::new();
-            format!("{config:?}").hash(&mut h);
-            h.finish()
-        };
+        let scope = crate::policy::cache::scope_of(config);
         let Some(service) = service else { return Err(errors) };
         if !errors.is_empty() {
             return Err(errors);
@@ -98,10 +89,7 @@ impl IntrospectionPolicy {
             client_auth,
             token_type_hint: config.token_type_hint.clone().unwrap_or_else(|| "access_token".to_owned()),
             audience: config.audience.as_ref().map(|a| a.as_slice().to_vec()),
-            sources,
-            claims,
-            strip: config.strip_token,
-            optional: config.optional,
+            bearer: Bearer { sources, claims, strip: config.strip_token, optional: config.optional },
             cache_ttl_ms: config.cache_ttl.map_or(DEFAULT_CACHE_TTL, |t| t.get()).as_millis() as u64,
             scope,
         })
@@ -109,12 +97,12 @@ impl IntrospectionPolicy {
 
     /// Whether the request carries a token where this policy looks.
     pub fn presented(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
-        self.sources.presented(headers, query)
+        self.bearer.sources.presented(headers, query)
     }
 
     /// Removes the headers this policy sets from the client's request.
     pub fn remove_identity_headers(&self, headers: &mut HeaderMap) {
-        self.claims.remove_from(headers);
+        self.bearer.claims.remove_from(headers);
     }
 
     /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
@@ -124,20 +112,12 @@ impl IntrospectionPolicy {
         query: Option<&str>,
         edit: &mut QueryEdit,
     ) -> Result<Option<Identity>, ProxyError> {
-        self.claims.remove_from(headers);
-        let Some((token, found)) = self.sources.find(headers, query) else {
-            return if self.optional {
-                Ok(None)
-            } else {
-                Err(ProxyError::unauthorized(None, "a bearer token is required"))
-            };
+        let (token, at) = match self.bearer.take(headers, query) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
         };
-        let mut identity = self.check(&token).await?;
-        if self.strip {
-            strip(headers, query, edit, &found);
-        }
-        self.claims.apply(&mut identity, headers);
-        Ok(Some(identity))
+        let identity = self.check(token).await?;
+        self.bearer.accept(identity, at, headers, query, edit)
     }
 
     async fn check(&self, token: &str) -> Result<Identity, ProxyError> {

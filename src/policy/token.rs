@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde_json::Value;
 
 use crate::config::TokenSourceConfig;
+use crate::proxy::error::ProxyError;
 
 use super::consumers::ConsumerIndex;
 use super::identity::{Identity, claim_header_value};
@@ -20,13 +21,6 @@ pub struct QueryEdit {
 
 enum TokenSource {
     Header { name: HeaderName, scheme: Option<String> },
-    Cookie(String),
-    Query(String),
-}
-
-/// Where the token was found (to strip it).
-pub enum Found {
-    Header(HeaderName),
     Cookie(String),
     Query(String),
 }
@@ -54,90 +48,107 @@ impl TokenSources {
         TokenSources(sources)
     }
 
-    /// The first token found, and where.
-    pub fn find(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, Found)> {
-        for source in &self.0 {
-            match source {
+    /// The first token found, borrowed from the request, and the index of the place it was in
+    /// (for `strip`).
+    pub fn find<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<(&'a str, usize)> {
+        self.0.iter().enumerate().find_map(|(at, source)| {
+            let token = match source {
                 TokenSource::Header { name, scheme } => {
-                    let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) else { continue };
-                    let token = match scheme {
+                    let value = headers.get(name)?.to_str().ok()?;
+                    match scheme {
                         Some(scheme) => {
                             let (given, rest) = value.split_once(' ').unwrap_or((value, ""));
-                            if !given.eq_ignore_ascii_case(scheme) {
-                                continue;
-                            }
-                            rest.trim()
+                            given.eq_ignore_ascii_case(scheme).then(|| rest.trim())?
                         }
                         None => value.trim(),
-                    };
-                    if !token.is_empty() {
-                        return Some((token.to_owned(), Found::Header(name.clone())));
                     }
                 }
                 TokenSource::Cookie(name) => {
-                    for value in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
-                        for pair in value.split(';') {
-                            if let Some((k, v)) = pair.trim().split_once('=') {
-                                if k == name && !v.is_empty() {
-                                    return Some((v.trim_matches('"').to_owned(), Found::Cookie(name.clone())));
-                                }
-                            }
-                        }
-                    }
+                    let lines = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+                    crate::text::cookie(lines, name)?
                 }
-                TokenSource::Query(name) => {
-                    let Some(query) = query else { continue };
-                    for pair in query.split('&') {
-                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                        if k == name && !v.is_empty() {
-                            // Tokens are base64url or opaque printable strings: percent-encoding
-                            // is not decoded, so a needlessly encoded token is refused as invalid.
-                            return Some((v.to_owned(), Found::Query(name.clone())));
-                        }
-                    }
-                }
-            }
-        }
-        None
+                // Tokens are base64url or opaque printable strings: percent-encoding is not
+                // decoded, so a needlessly encoded token is refused as invalid.
+                TokenSource::Query(name) => crate::text::query_param(query?, name)?,
+            };
+            (!token.is_empty()).then_some((token, at))
+        })
     }
 
     /// Whether the request carries a token in one of the places.
     pub fn presented(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
         self.find(headers, query).is_some()
     }
-}
 
-/// Removes the token from where it was found.
-pub fn strip(headers: &mut HeaderMap, query: Option<&str>, edit: &mut QueryEdit, found: &Found) {
-    match found {
-        Found::Header(name) => {
-            headers.remove(name);
-        }
-        Found::Cookie(name) => {
-            let kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
-                .map(str::to_owned)
-                .collect();
-            headers.remove(header::COOKIE);
-            if !kept.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                    headers.insert(header::COOKIE, v);
+    /// Removes the token from the place `at` (as `find` returned it).
+    pub fn strip(&self, at: usize, headers: &mut HeaderMap, query: Option<&str>, edit: &mut QueryEdit) {
+        match self.0.get(at) {
+            Some(TokenSource::Header { name, .. }) => {
+                headers.remove(name);
+            }
+            Some(TokenSource::Cookie(name)) => {
+                let kept: Vec<String> = headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+                    .map(str::to_owned)
+                    .collect();
+                headers.remove(header::COOKIE);
+                if !kept.is_empty() {
+                    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                        headers.insert(header::COOKIE, v);
+                    }
                 }
             }
+            Some(TokenSource::Query(name)) => {
+                edit.query = Some(crate::text::query_without(query.unwrap_or_default(), name));
+            }
+            None => {}
         }
-        Found::Query(name) => {
-            let kept: Vec<&str> = query
-                .unwrap_or_default()
-                .split('&')
-                .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-                .collect();
-            edit.query = Some((!kept.is_empty()).then(|| kept.join("&")));
+    }
+}
+
+/// What the bearer-token policies (`jwt`, `introspection`) share around checking a token: where
+/// it is, whether it may be missing, whether it is removed, and what its claims become upstream.
+pub struct Bearer {
+    pub sources: TokenSources,
+    pub claims: ClaimHeaders,
+    pub strip: bool,
+    pub optional: bool,
+}
+
+impl Bearer {
+    /// Removes the client's own identity headers and finds the token. `Err(outcome)` ends the
+    /// authentication: `Ok(None)` (no token, optional) or a 401.
+    pub fn take<'a>(
+        &self,
+        headers: &'a mut HeaderMap,
+        query: Option<&'a str>,
+    ) -> Result<(&'a str, usize), Result<Option<Identity>, ProxyError>> {
+        self.claims.remove_from(headers);
+        self.sources.find(headers, query).ok_or_else(|| {
+            if self.optional { Ok(None) } else { Err(ProxyError::unauthorized(None, "a bearer token is required")) }
+        })
+    }
+
+    /// A verified identity: strips the token if configured, attaches the consumer and sets the
+    /// claim headers.
+    pub fn accept(
+        &self,
+        mut identity: Identity,
+        at: usize,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+        edit: &mut QueryEdit,
+    ) -> Result<Option<Identity>, ProxyError> {
+        if self.strip {
+            self.sources.strip(at, headers, query, edit);
         }
+        self.claims.apply(&mut identity, headers);
+        Ok(Some(identity))
     }
 }
 

@@ -170,20 +170,11 @@ impl HashOn {
             HashOn::ClientIp => balance::stable_hash(&crate::state::canonical_ip(client)),
             HashOn::Header(name) => balance::stable_hash(&headers.get(name)?.as_bytes()),
             HashOn::Cookie(name) => {
-                let value =
-                    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
-                        line.split(';').find_map(|pair| {
-                            let (k, v) = pair.trim().split_once('=')?;
-                            (k == &**name).then_some(v)
-                        })
-                    })?;
-                balance::stable_hash(&value)
+                let lines = headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+                balance::stable_hash(&crate::text::cookie(lines, name)?)
             }
             HashOn::Param(name) => balance::stable_hash(&route_match.param(path, name)?),
-            HashOn::Query(name) => balance::stable_hash(&query?.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                (k == &**name).then_some(v)
-            })?),
+            HashOn::Query(name) => balance::stable_hash(&crate::text::query_param(query?, name)?),
         })
     }
 }

@@ -14,8 +14,6 @@ pub mod sign;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +29,7 @@ use crate::state::registry::Registry;
 
 use super::consumers::ConsumerIndex;
 use super::identity::Identity;
-use super::token::{ClaimHeaders, Found, QueryEdit, TokenSources, strip};
+use super::token::{Bearer, ClaimHeaders, QueryEdit, TokenSources};
 use keys::{JwksSource, KeySet};
 
 /// Tokens longer than this are refused before any parsing.
@@ -56,10 +54,7 @@ pub struct JwtPolicy {
     /// One validation per accepted algorithm (jsonwebtoken checks the header's `alg` against it).
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
-    sources: TokenSources,
-    claims: ClaimHeaders,
-    strip: bool,
-    optional: bool,
+    bearer: Bearer,
     /// Identifies these settings for the verified-token cache (stable across reloads).
     scope: u64,
 }
@@ -179,20 +174,13 @@ impl JwtPolicy {
         let sources = TokenSources::compile(&config.token_from, &mut errors);
         let claims =
             ClaimHeaders::compile(&config.forward_claims, config.consumer_claim.as_ref(), consumers, &mut errors);
-        let scope = {
-            let mut h = DefaultHasher::new();
-            format!("{config:?}").hash(&mut h);
-            h.finish()
-        };
+        let scope = crate::policy::cache::scope_of(config);
         match keys {
             Some(keys) if errors.is_empty() => Ok(JwtPolicy {
                 keys,
                 validations,
                 leeway,
-                sources,
-                claims,
-                strip: config.strip_token,
-                optional: config.optional,
+                bearer: Bearer { sources, claims, strip: config.strip_token, optional: config.optional },
                 scope,
             }),
             _ => Err(errors),
@@ -201,18 +189,21 @@ impl JwtPolicy {
 
     /// The headers this policy forwards (removed from client requests first).
     pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.claims.names()
+        self.bearer.claims.names()
     }
 
     /// Whether the request carries a token where this policy looks that has the shape of a JWT
     /// (to choose between `jwt` and `introspection` on one route).
     pub fn presented(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
-        self.sources.find(headers, query).is_some_and(|(token, _)| token.bytes().filter(|b| *b == b'.').count() == 2)
+        self.bearer
+            .sources
+            .find(headers, query)
+            .is_some_and(|(token, _)| token.bytes().filter(|b| *b == b'.').count() == 2)
     }
 
     /// Removes the headers this policy sets from the client's request.
     pub fn remove_identity_headers(&self, headers: &mut HeaderMap) {
-        self.claims.remove_from(headers);
+        self.bearer.claims.remove_from(headers);
     }
 
     /// Authenticates the request. `Ok(None)`: no token, and the policy is optional.
@@ -225,24 +216,25 @@ impl JwtPolicy {
         query: Option<&str>,
         edit: &mut QueryEdit,
     ) -> Result<Option<Identity>, ProxyError> {
-        self.claims.remove_from(headers);
-        let Some((token, found)) = self.sources.find(headers, query) else {
-            return self.missing();
+        let (token, at) = match self.bearer.take(headers, query) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
         };
-        let mut step = self.verify_with(&token, self.current_keys(), false);
-        loop {
+        let mut step = self.verify_with(token, self.current_keys(), false);
+        let identity = loop {
             step = match step {
-                Step::Done(result) => break self.accept(result?, headers, query, edit, &found),
+                Step::Done(result) => break result?,
                 Step::FetchKeys(source) => {
                     let keys = source.keys().await;
-                    self.verify_with(&token, Some(keys.ok_or_else(keys_unavailable)?), false)
+                    self.verify_with(token, Some(keys.ok_or_else(keys_unavailable)?), false)
                 }
                 Step::RefreshForKid(source, keys) => {
                     let keys = source.refresh_for_unknown_kid().await.unwrap_or(keys);
-                    self.verify_with(&token, Some(keys), true)
+                    self.verify_with(token, Some(keys), true)
                 }
             };
-        }
+        };
+        self.bearer.accept(identity, at, headers, query, edit)
     }
 
     /// `authenticate` without waiting: `None` when the keys must be fetched first.
@@ -252,33 +244,15 @@ impl JwtPolicy {
         query: Option<&str>,
         edit: &mut QueryEdit,
     ) -> Option<Result<Option<Identity>, ProxyError>> {
-        self.claims.remove_from(headers);
-        let Some((token, found)) = self.sources.find(headers, query) else {
-            return Some(self.missing());
+        let (token, at) = match self.bearer.take(headers, query) {
+            Ok(found) => found,
+            Err(outcome) => return Some(outcome),
         };
-        match self.verify_with(&token, self.current_keys(), false) {
-            Step::Done(result) => Some(result.and_then(|identity| self.accept(identity, headers, query, edit, &found))),
-            Step::FetchKeys(_) | Step::RefreshForKid(..) => None,
-        }
-    }
-
-    fn missing(&self) -> Result<Option<Identity>, ProxyError> {
-        if self.optional { Ok(None) } else { Err(ProxyError::unauthorized(None, "a bearer token is required")) }
-    }
-
-    fn accept(
-        &self,
-        mut identity: Identity,
-        headers: &mut HeaderMap,
-        query: Option<&str>,
-        edit: &mut QueryEdit,
-        found: &Found,
-    ) -> Result<Option<Identity>, ProxyError> {
-        if self.strip {
-            strip(headers, query, edit, found);
-        }
-        self.claims.apply(&mut identity, headers);
-        Ok(Some(identity))
+        let identity = match self.verify_with(token, self.current_keys(), false) {
+            Step::Done(result) => result,
+            Step::FetchKeys(_) | Step::RefreshForKid(..) => return None,
+        };
+        Some(identity.and_then(|identity| self.bearer.accept(identity, at, headers, query, edit)))
     }
 
     /// The keys to verify with now: `None` when remote keys were never fetched.

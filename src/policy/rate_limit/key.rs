@@ -135,7 +135,7 @@ fn value_of<'a>(part: &KeyPart, s: &KeySource<'a>) -> Option<Value<'a>> {
         KeyPart::Consumer => Value::Text(&s.identity?.consumer.as_ref()?.name),
         KeyPart::Claim(name) => Value::Text(claim_text(s.identity?, name)?),
         KeyPart::Header(name) => Value::Text(s.headers.get(name)?.to_str().ok().filter(|v| !v.is_empty())?),
-        KeyPart::Query(name) => Value::Text(query_value(s.query?, name)?),
+        KeyPart::Query(name) => Value::Text(crate::text::query_param(s.query?, name)?),
         KeyPart::Param(name) => Value::Text(s.route_match.param(s.path, name)?),
     })
 }
@@ -147,15 +147,6 @@ fn claim_text<'a>(identity: &'a Identity, name: &str) -> Option<&'a str> {
         // claims are rare as keys, and `sub`, `client_id` and tenant ids are strings.
         _ => None,
     }
-}
-
-/// The raw (still percent-encoded) value of the first `name=` parameter: two spellings of one
-/// value count separately, which a client gains nothing from since it is its own key either way.
-fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name && !v.is_empty()).then_some(v)
-    })
 }
 
 fn tagged(out: &mut impl Hasher, tag: u8, bytes: &[u8]) {
@@ -203,12 +194,5 @@ mod tests {
         for bad in ["", "user", "header", "header:", "header:bad name", "claim", "consumer:x", "ip:1"] {
             assert!(KeyPart::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn query_values_are_found_by_exact_name() {
-        assert_eq!(query_value("a=1&key=abc&key=def", "key"), Some("abc"));
-        assert_eq!(query_value("akey=1&key", "key"), None);
-        assert_eq!(query_value("x=1", "key"), None);
     }
 }

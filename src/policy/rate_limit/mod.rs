@@ -522,7 +522,12 @@ impl Shared {
 impl Group {
     fn redis_key(&self, prefix: &str, key_bytes: &[u8], position: usize) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, key_bytes);
-        format!("{prefix}rl:{{{}:{}}}:{}", self.tag, hex(&digest.as_ref()[..12]), self.suffixes[position])
+        format!(
+            "{prefix}rl:{{{}:{}}}:{}",
+            self.tag,
+            crate::text::hex_encode(&digest.as_ref()[..12]),
+            self.suffixes[position]
+        )
     }
 
     /// The Redis keys of the limits at positions `active`.
@@ -564,14 +569,7 @@ fn groups(scope: &str, limits: &[Limit]) -> Box<[Group]> {
 }
 
 fn short_hash(text: &str, bytes: usize) -> String {
-    hex(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..bytes])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::text::hex_encode(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..bytes])
 }
 
 impl RateReport {
