@@ -1,7 +1,7 @@
 //! Retries: which failures may be tried again, how long to wait, and the budget that keeps retries
 //! from multiplying an outage.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -60,18 +60,22 @@ impl RetryPolicy {
 /// Retries are at most `percent`% of the requests of the last 10 s (and at least
 /// `min_per_second` per second), so a failing upstream gets a bounded extra load rather than every
 /// request times `attempts`.
+///
+/// Counted without a lock (every request counts itself here): two 10-second windows per counter,
+/// each slot tagged with its window. A count that races a window change may be lost; the budget
+/// is a bound on amplification, not an exact ledger.
 pub struct RetryBudget {
     percent: u64,
     min_per_window: u64,
-    counts: Mutex<Counts>,
+    requests: [Window; 2],
+    retries: [Window; 2],
 }
 
 #[derive(Default)]
-struct Counts {
-    /// Window index (10 s windows of the coarse clock).
-    window: u64,
-    requests: [u64; 2],
-    retries: [u64; 2],
+struct Window {
+    /// Which 10-second window (of the coarse clock) `count` belongs to.
+    index: AtomicU64,
+    count: AtomicU64,
 }
 
 const WINDOW_MS: u64 = 10_000;
@@ -81,14 +85,14 @@ impl RetryBudget {
         RetryBudget {
             percent: u64::from(percent),
             min_per_window: u64::from(min_per_second) * WINDOW_MS / 1000,
-            counts: Mutex::new(Counts::default()),
+            requests: Default::default(),
+            retries: Default::default(),
         }
     }
 
     /// Counts a request (its first try).
     pub fn request(&self) {
-        let mut c = self.counts(clock::now_ms());
-        c.requests[0] += 1;
+        bump(&self.requests, clock::now_ms() / WINDOW_MS);
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
@@ -97,34 +101,38 @@ impl RetryBudget {
     }
 
     fn try_retry_at(&self, now_ms: u64) -> bool {
-        let mut c = self.counts(now_ms);
+        let window = now_ms / WINDOW_MS;
         // The last 10 s: this window and the share of the previous one still inside them.
         let into = (now_ms % WINDOW_MS) as f64 / WINDOW_MS as f64;
-        let requests = c.requests[0] as f64 + c.requests[1] as f64 * (1.0 - into);
-        let retries = c.retries[0] as f64 + c.retries[1] as f64 * (1.0 - into);
-        let allowed = (requests * self.percent as f64 / 100.0).max(self.min_per_window as f64);
-        if retries + 1.0 > allowed {
+        let last_10s = |counts: &[Window; 2]| {
+            let (current, previous) = read(counts, window);
+            current as f64 + previous as f64 * (1.0 - into)
+        };
+        let allowed = (last_10s(&self.requests) * self.percent as f64 / 100.0).max(self.min_per_window as f64);
+        if last_10s(&self.retries) + 1.0 > allowed {
             return false;
         }
-        c.retries[0] += 1;
+        bump(&self.retries, window);
         true
     }
+}
 
-    fn counts(&self, now_ms: u64) -> std::sync::MutexGuard<'_, Counts> {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let window = now_ms / WINDOW_MS;
-        if c.window != window {
-            if c.window + 1 == window {
-                c.requests = [0, c.requests[0]];
-                c.retries = [0, c.retries[0]];
-            } else {
-                c.requests = [0, 0];
-                c.retries = [0, 0];
-            }
-            c.window = window;
-        }
-        c
+fn bump(counts: &[Window; 2], window: u64) {
+    let slot = &counts[(window & 1) as usize];
+    let seen = slot.index.load(Ordering::Relaxed);
+    if seen != window && slot.index.compare_exchange(seen, window, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        slot.count.store(0, Ordering::Relaxed);
     }
+    slot.count.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The counts of window `window` and of the one before it.
+fn read(counts: &[Window; 2], window: u64) -> (u64, u64) {
+    let of = |w: u64| {
+        let slot = &counts[(w & 1) as usize];
+        if slot.index.load(Ordering::Relaxed) == w { slot.count.load(Ordering::Relaxed) } else { 0 }
+    };
+    (of(window), window.checked_sub(1).map_or(0, of))
 }
 
 #[cfg(test)]
@@ -136,7 +144,7 @@ mod tests {
         let budget = RetryBudget::new(20, 0);
         let now = 1_000_000;
         for _ in 0..100 {
-            budget.counts(now).requests[0] += 1;
+            bump(&budget.requests, now / WINDOW_MS);
         }
         let granted = (0..100).filter(|_| budget.try_retry_at(now)).count();
         assert_eq!(granted, 20);
