@@ -33,6 +33,7 @@ impl Consumer {
     }
 }
 
+/// Whose a credential is, and whether it may still be used.
 #[derive(Debug, Clone, Copy)]
 struct KeyEntry {
     consumer: usize,
@@ -51,23 +52,19 @@ pub enum KeyRejection {
 /// A user name's password hash, checked at load: a known scheme with bounded cost.
 #[derive(Debug)]
 pub struct PasswordEntry {
-    consumer: usize,
-    expires: Option<SystemTime>,
-    revoked: bool,
+    owner: KeyEntry,
     pub hash: Arc<PasswordHash>,
 }
 
 /// A key id's HMAC secret.
 pub struct HmacEntry {
-    consumer: usize,
-    expires: Option<SystemTime>,
-    revoked: bool,
+    owner: KeyEntry,
     pub secret: Box<[u8]>,
 }
 
 impl std::fmt::Debug for HmacEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HmacEntry").field("consumer", &self.consumer).finish_non_exhaustive()
+        f.debug_struct("HmacEntry").field("consumer", &self.owner.consumer).finish_non_exhaustive()
     }
 }
 
@@ -269,12 +266,7 @@ impl ConsumerIndex {
                                 format!("an HMAC secret needs at least {MIN_HMAC_SECRET_BYTES} bytes"),
                             ));
                         }
-                        let hmac = HmacEntry {
-                            consumer: at,
-                            expires: entry.expires,
-                            revoked: entry.revoked,
-                            secret: secret.as_bytes().into(),
-                        };
+                        let hmac = HmacEntry { owner: entry, secret: secret.as_bytes().into() };
                         if index.hmac_keys.insert(user.clone(), hmac).is_some() {
                             errors.push((
                                 format!("{path}.username"),
@@ -284,12 +276,7 @@ impl ConsumerIndex {
                     }
                     (Some(user), Some(hash), None) => match PasswordHash::parse(hash) {
                         Ok(hash) => {
-                            let entry = PasswordEntry {
-                                consumer: at,
-                                expires: entry.expires,
-                                revoked: entry.revoked,
-                                hash: Arc::new(hash),
-                            };
+                            let entry = PasswordEntry { owner: entry, hash: Arc::new(hash) };
                             if index.passwords.insert(user.clone(), entry).is_some() {
                                 errors.push((
                                     format!("{path}.username"),
@@ -333,7 +320,24 @@ impl ConsumerIndex {
     /// The consumer owning this API key.
     pub fn by_api_key(&self, key: &[u8]) -> Result<&Arc<Consumer>, KeyRejection> {
         // Looking up the digest of the key, never the key: timing reveals nothing about stored keys.
-        let entry = self.api_keys.get(&key_digest(key)).ok_or(KeyRejection::Unknown)?;
+        self.owner(self.api_keys.get(&key_digest(key)))
+    }
+
+    /// The password entry of a user name, and its consumer, if the credential is usable now.
+    pub fn by_username(&self, user: &str) -> Result<(&PasswordEntry, &Arc<Consumer>), KeyRejection> {
+        let entry = self.passwords.get(user).ok_or(KeyRejection::Unknown)?;
+        Ok((entry, self.owner(Some(&entry.owner))?))
+    }
+
+    /// The HMAC secret of a key id, and its consumer, if the credential is usable now.
+    pub fn by_hmac_key(&self, key_id: &str) -> Result<(&HmacEntry, &Arc<Consumer>), KeyRejection> {
+        let entry = self.hmac_keys.get(key_id).ok_or(KeyRejection::Unknown)?;
+        Ok((entry, self.owner(Some(&entry.owner))?))
+    }
+
+    /// The consumer a credential belongs to, if it is known and usable now.
+    fn owner(&self, entry: Option<&KeyEntry>) -> Result<&Arc<Consumer>, KeyRejection> {
+        let entry = entry.ok_or(KeyRejection::Unknown)?;
         if entry.revoked {
             return Err(KeyRejection::Revoked);
         }
@@ -341,32 +345,6 @@ impl ConsumerIndex {
             return Err(KeyRejection::Expired);
         }
         self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)
-    }
-
-    /// The password entry of a user name, and its consumer, if the credential is usable now.
-    pub fn by_username(&self, user: &str) -> Result<(&PasswordEntry, &Arc<Consumer>), KeyRejection> {
-        let entry = self.passwords.get(user).ok_or(KeyRejection::Unknown)?;
-        if entry.revoked {
-            return Err(KeyRejection::Revoked);
-        }
-        if entry.expires.is_some_and(|t| SystemTime::now() >= t) {
-            return Err(KeyRejection::Expired);
-        }
-        let consumer = self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)?;
-        Ok((entry, consumer))
-    }
-
-    /// The HMAC secret of a key id, and its consumer, if the credential is usable now.
-    pub fn by_hmac_key(&self, key_id: &str) -> Result<(&HmacEntry, &Arc<Consumer>), KeyRejection> {
-        let entry = self.hmac_keys.get(key_id).ok_or(KeyRejection::Unknown)?;
-        if entry.revoked {
-            return Err(KeyRejection::Revoked);
-        }
-        if entry.expires.is_some_and(|t| SystemTime::now() >= t) {
-            return Err(KeyRejection::Expired);
-        }
-        let consumer = self.consumers.get(entry.consumer).ok_or(KeyRejection::Unknown)?;
-        Ok((entry, consumer))
     }
 
     pub fn has_hmac_keys(&self) -> bool {
