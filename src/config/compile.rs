@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
+use crate::policy::rate_limit::KeyPart;
 use crate::policy::rate_limit::redis::RedisBackend;
 use crate::policy::{
     AclPolicy, ApiKeyPolicy, AuthorizePolicy, BasicAuthPolicy, ConcurrencyPolicy, ConsumerIndex, CorsPolicy,
@@ -365,8 +366,8 @@ fn upstreams(
             }
         };
         let hash_on = match (&u.hash_on, u.balance) {
-            (Some(text), BalanceConfig::ConsistentHash) => match crate::upstream::HashOn::parse(text) {
-                Ok(h) => Some(h),
+            (Some(text), BalanceConfig::ConsistentHash) => match KeyPart::parse(text) {
+                Ok(part) => Some(Box::from([part])),
                 Err(message) => {
                     problems.add(format!("{base}.hash_on"), message);
                     None
@@ -830,8 +831,8 @@ fn routes(
             if total == 0 && !choices.is_empty() {
                 problems.add(format!("{base}.split"), "the weights add up to 0");
             }
-            let on = r.split_on.as_deref().and_then(|text| match crate::upstream::HashOn::parse(text) {
-                Ok(h) => Some(h),
+            let on = r.split_on.as_deref().and_then(|text| match KeyPart::parse(text) {
+                Ok(part) => Some(Box::from([part])),
                 Err(message) => {
                     problems.add(format!("{base}.split_on"), message);
                     None

@@ -399,8 +399,8 @@ pub struct UpstreamConfig {
     /// How a request picks an endpoint.
     #[serde(default)]
     pub balance: BalanceConfig,
-    /// With `balance: consistent_hash`: what requests are hashed by — `client_ip`,
-    /// `header:NAME`, `cookie:NAME`, `param:NAME` or `query:NAME`.
+    /// With `balance: consistent_hash`: what requests are hashed by, as a rate-limit key:
+    /// `client_ip`, `header:NAME`, `cookie:NAME`, `consumer`, `claim:NAME`, `param:NAME`, …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<String>,
     #[serde(default)]
@@ -725,8 +725,8 @@ pub struct RouteConfig {
     /// weight: 90}, {upstream: v2, weight: 10}]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<SplitConfig>,
-    /// With `split`: requests with the same value (`client_ip`, `header:NAME`, `cookie:NAME`)
-    /// always go to the same side. Default: each request is drawn at random.
+    /// With `split`: requests with the same key (`client_ip`, `header:NAME`, `cookie:NAME`,
+    /// `claim:sub`, … as for rate limits) always go to the same side. Default: drawn at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_on: Option<String>,
     /// Send a copy of (a share of) the requests to another upstream; its answers are discarded.

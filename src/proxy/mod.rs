@@ -243,18 +243,24 @@ impl Exchange<'_> {
         }
 
         // 6. Endpoint, 7. upstream request: prepared once, sent once per try.
+        // Sticky splits and consistent hashing key the request as rate limits do, on the request
+        // as the client sent it (before forwarding headers are added).
+        let key_source = crate::policy::rate_limit::KeySource {
+            client,
+            identity: state.identity.as_ref(),
+            route: &route.name,
+            headers: &parts.headers,
+            path: &path,
+            query: parts.uri.query(),
+            route_match: &route_match,
+        };
         let upstream = match (&route.split, &route.upstream) {
-            (Some(split), _) => {
-                let sticky = split
-                    .on
-                    .as_ref()
-                    .and_then(|h| h.hash(&parts.headers, client, &route_match, &path, parts.uri.query()));
-                split.pick(sticky)
-            }
+            (Some(split), _) => split.pick(split.on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source))),
             (None, Some(upstream)) => upstream,
             // Compile guarantees a route either has an upstream or answers by itself.
             (None, None) => return Err(ProxyError::NoEndpoint(route.name.to_string())),
         };
+        let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
         if scan.expect {
@@ -262,10 +268,6 @@ impl Exchange<'_> {
             parts.headers.remove(header::EXPECT);
         }
         headers::add_forwarded(&mut parts.headers, self.conn, server, trusted, original_host.as_ref());
-        let hash = upstream
-            .hash_on
-            .as_ref()
-            .and_then(|h| h.hash(&parts.headers, client, &route_match, &path, parts.uri.query()));
         let upstream_path = route.rewrite.apply(&path, &route_match, spec);
         if let Some(query) = state.query_edit.query.take() {
             parts.uri = origin_form(&upstream_path, query.as_deref())?;

@@ -159,7 +159,7 @@ impl SnapshotHandle {
 pub struct Split {
     pub choices: Vec<(Arc<Upstream>, u64)>,
     pub total: u64,
-    pub on: Option<crate::upstream::HashOn>,
+    pub on: Option<Box<[crate::policy::rate_limit::KeyPart]>>,
 }
 
 impl Split {

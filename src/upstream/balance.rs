@@ -173,10 +173,15 @@ fn two_choices(
 /// A hash that is the same in every gatehouse process (so a key goes to the same endpoint on
 /// every node of a fleet).
 pub fn stable_hash(value: &impl Hash) -> u64 {
-    #[allow(deprecated)]
-    let mut hasher = std::hash::SipHasher::new_with_keys(0x6761_7465_686f_7573, 0x6520_7269_6e67_2121);
+    let mut hasher = stable_hasher();
     value.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The hasher behind `stable_hash`: fixed keys, so every process agrees.
+pub fn stable_hasher() -> impl Hasher {
+    #[allow(deprecated)]
+    std::hash::SipHasher::new_with_keys(0x6761_7465_686f_7573, 0x6520_7269_6e67_2121)
 }
 
 /// The smooth weighted round-robin order for one full cycle.

@@ -30,7 +30,7 @@ pub struct Upstream {
     pub response_header_timeout: Duration,
     pub pool: PoolSettings,
     /// With consistent hashing: what a request is hashed by.
-    pub hash_on: Option<HashOn>,
+    pub hash_on: Option<Box<[crate::policy::rate_limit::KeyPart]>>,
     pub outlier: health::OutlierSettings,
     pub retry: retry::RetryPolicy,
     pub budget: retry::RetryBudget,
@@ -125,58 +125,13 @@ impl Drop for InFlight {
     }
 }
 
-/// What a request is hashed by for consistent hashing.
-#[derive(Debug, Clone)]
-pub enum HashOn {
-    ClientIp,
-    Header(http::HeaderName),
-    Cookie(Box<str>),
-    Param(Box<str>),
-    Query(Box<str>),
-}
-
-impl HashOn {
-    pub fn parse(text: &str) -> Result<HashOn, String> {
-        let (kind, arg) = text.split_once(':').map_or((text.trim(), None), |(k, a)| (k.trim(), Some(a.trim())));
-        let name = arg.filter(|a| !a.is_empty());
-        let named = |_: Option<&str>| name.ok_or_else(|| format!("`{kind}` needs a name: `{kind}:NAME`"));
-        Ok(match kind {
-            "client_ip" | "ip" if arg.is_none() => HashOn::ClientIp,
-            "header" => HashOn::Header(
-                http::HeaderName::from_bytes(named(arg)?.as_bytes())
-                    .map_err(|_| format!("`{text}`: not a header name"))?,
-            ),
-            "cookie" => HashOn::Cookie(named(arg)?.into()),
-            "param" => HashOn::Param(named(arg)?.into()),
-            "query" => HashOn::Query(named(arg)?.into()),
-            _ => {
-                return Err(format!(
-                    "unknown hash_on `{text}`: client_ip, header:NAME, cookie:NAME, param:NAME or query:NAME"
-                ));
-            }
-        })
-    }
-
-    /// The request's hash, or `None` when it lacks the value (it then lands anywhere).
-    pub fn hash(
-        &self,
-        headers: &http::HeaderMap,
-        client: IpAddr,
-        route_match: &crate::route::RouteMatch,
-        path: &str,
-        query: Option<&str>,
-    ) -> Option<u64> {
-        Some(match self {
-            HashOn::ClientIp => balance::stable_hash(&crate::state::canonical_ip(client)),
-            HashOn::Header(name) => balance::stable_hash(&headers.get(name)?.as_bytes()),
-            HashOn::Cookie(name) => {
-                let lines = headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
-                balance::stable_hash(&crate::text::cookie(lines, name)?)
-            }
-            HashOn::Param(name) => balance::stable_hash(&route_match.param(path, name)?),
-            HashOn::Query(name) => balance::stable_hash(&crate::text::query_param(query?, name)?),
-        })
-    }
+/// A request's hash for consistent hashing and sticky splits: its key (as `rate_limit` keys
+/// are written, a missing part replaced by the client's address) hashed the same way on every node.
+pub fn hash_of(key: &[crate::policy::rate_limit::KeyPart], source: &crate::policy::rate_limit::KeySource<'_>) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = balance::stable_hasher();
+    crate::policy::rate_limit::key::write_key(key, source, &mut hasher);
+    hasher.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,11 @@ async fn consistent_hashing_keeps_keys_and_moves_only_a_removed_endpoints_keys()
         assert_eq!(served_by(&mut client, "/y", &[("x-user", &user)]).await, first, "{user} moved between requests");
         before.insert(user, first);
     }
+    // Without the header, a client is hashed by its address: always the same endpoint, not random.
+    let anonymous = served_by(&mut client, "/x", &[]).await;
+    for _ in 0..20 {
+        assert_eq!(served_by(&mut client, "/x", &[]).await, anonymous);
+    }
     let shares: Vec<usize> = ["a", "b", "c"].iter().map(|n| before.values().filter(|v| v == n).count()).collect();
     assert!(shares.iter().all(|&s| s >= 15), "every endpoint gets keys: {shares:?}");
 
@@ -169,7 +174,7 @@ fn bad_upstream_settings_are_refused() {
     for (settings, needle) in [
         ("    balance: consistent_hash", "needs `hash_on`"),
         ("    hash_on: client_ip", "applies to `balance: consistent_hash` only"),
-        ("    balance: consistent_hash\n    hash_on: moon", "unknown hash_on"),
+        ("    balance: consistent_hash\n    hash_on: moon", "unknown key `moon`"),
         ("    balance: consistent_hash\n    hash_on: \"header:\"", "needs a name"),
         ("    retries: { on: [bogus] }", "expected connect_failure"),
         ("    retries: { on: [\"404\"] }", "5xx"),

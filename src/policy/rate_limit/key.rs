@@ -25,6 +25,8 @@ pub enum KeyPart {
     Header(HeaderName),
     /// A query parameter's value.
     Query(Box<str>),
+    /// A cookie's value.
+    Cookie(Box<str>),
     /// A path parameter of the route pattern (`{id}`).
     Param(Box<str>),
     /// The route's name.
@@ -54,6 +56,7 @@ impl KeyPart {
             ("global", None) => KeyPart::Global,
             ("claim", a) => KeyPart::Claim(need(kind, a)?.into()),
             ("query", a) => KeyPart::Query(need(kind, a)?.into()),
+            ("cookie", a) => KeyPart::Cookie(need(kind, a)?.into()),
             ("param", a) => KeyPart::Param(need(kind, a)?.into()),
             ("header", a) => {
                 let name = need(kind, a)?;
@@ -66,7 +69,7 @@ impl KeyPart {
             }
             _ => {
                 return Err(format!(
-                    "unknown key `{text}`: expected client_ip, consumer, route, global, header:NAME, claim:NAME, query:NAME or param:NAME"
+                    "unknown key `{text}`: expected client_ip, consumer, route, global, header:NAME, claim:NAME, query:NAME, cookie:NAME or param:NAME"
                 ));
             }
         })
@@ -83,6 +86,7 @@ impl std::fmt::Display for KeyPart {
             KeyPart::Claim(n) => write!(f, "claim:{n}"),
             KeyPart::Header(n) => write!(f, "header:{n}"),
             KeyPart::Query(n) => write!(f, "query:{n}"),
+            KeyPart::Cookie(n) => write!(f, "cookie:{n}"),
             KeyPart::Param(n) => write!(f, "param:{n}"),
         }
     }
@@ -136,6 +140,10 @@ fn value_of<'a>(part: &KeyPart, s: &KeySource<'a>) -> Option<Value<'a>> {
         KeyPart::Claim(name) => Value::Text(claim_text(s.identity?, name)?),
         KeyPart::Header(name) => Value::Text(s.headers.get(name)?.to_str().ok().filter(|v| !v.is_empty())?),
         KeyPart::Query(name) => Value::Text(crate::text::query_param(s.query?, name)?),
+        KeyPart::Cookie(name) => {
+            let lines = s.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+            Value::Text(crate::text::cookie(lines, name)?)
+        }
         KeyPart::Param(name) => Value::Text(s.route_match.param(s.path, name)?),
     })
 }
@@ -185,8 +193,17 @@ mod tests {
 
     #[test]
     fn key_parts_parse_and_display() {
-        for text in ["client_ip", "consumer", "route", "global", "header:x-tenant", "claim:sub", "query:k", "param:id"]
-        {
+        for text in [
+            "client_ip",
+            "consumer",
+            "route",
+            "global",
+            "header:x-tenant",
+            "claim:sub",
+            "query:k",
+            "cookie:sid",
+            "param:id",
+        ] {
             assert_eq!(KeyPart::parse(text).unwrap().to_string(), text);
         }
         assert_eq!(KeyPart::parse("ip").unwrap(), KeyPart::ClientIp);
