@@ -112,7 +112,8 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .iter()
         .filter_map(|name| snap.upstreams.get(name))
         .map(|u| {
-            let endpoints: Vec<_> = u
+            let members = u.members();
+            let endpoints: Vec<_> = members
                 .endpoints
                 .iter()
                 .map(|e| {
@@ -127,11 +128,21 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                         "in_flight": s.in_flight.load(std::sync::atomic::Ordering::Relaxed),
                         "requests": s.requests.load(std::sync::atomic::Ordering::Relaxed),
                         "latency_ms": s.latency.cost(now) / 1e6,
+                        "warmth": (u.slow_start_ms > 0).then(|| s.warmth(now, u.slow_start_ms)),
                     })
                 })
                 .collect();
             let breaker = u.breaker.as_ref().map(|b| b.state(now).as_str());
-            json!({"name": &*u.name, "circuit_breaker": breaker, "endpoints": endpoints})
+            let discovery = u.discovery.as_ref().map(|d| {
+                let status = d.status();
+                json!({
+                    "source": &d.source,
+                    "endpoints": status.endpoints,
+                    "last_change": status.last_change.map(httpdate::fmt_http_date),
+                    "last_error": status.last_error,
+                })
+            });
+            json!({"name": &*u.name, "circuit_breaker": breaker, "discovery": discovery, "endpoints": endpoints})
         })
         .collect();
     Json(json!({"generation": snap.generation, "upstreams": list}))

@@ -222,7 +222,8 @@ pub fn explain_request(
                     let _ = writeln!(out, "  answer      by the gateway itself ({what}); no upstream is called");
                 }
                 Some(upstream) => {
-                    let endpoints: Vec<&str> = upstream.endpoints.iter().map(|e| &*e.url).collect();
+                    let members = upstream.members();
+                    let endpoints: Vec<&str> = members.endpoints.iter().map(|e| &*e.url).collect();
                     let _ = writeln!(out, "  upstream    {} [{}]", upstream.name, endpoints.join(", "));
                     let upstream_path = route.rewrite.apply(&path, &m, spec);
                     let how =

@@ -6,7 +6,6 @@
 //! positions) is taken from the `Registry`, so an unchanged upstream keeps its pools across reloads.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,7 @@ use crate::route::{
 use crate::state::registry::Registry;
 use crate::state::{ListenerSettings, Route, ServerSettings, Snapshot, UpstreamHost};
 use crate::telemetry::AccessLogWriter;
-use crate::upstream::{Balancer, Endpoint, PoolSettings, Upstream};
+use crate::upstream::{PoolSettings, Upstream};
 
 use super::error::Diagnostic;
 use super::policies::*;
@@ -37,7 +36,7 @@ use super::types::*;
 
 /// What compile needs besides the config.
 pub struct Context<'a> {
-    pub registry: &'a Registry,
+    pub registry: &'a Arc<Registry>,
     /// The listeners the transport has bound, by name and address; a listener's id is its position.
     /// `None` when only validating: ids follow the config order.
     pub bound: Option<&'a [(String, SocketAddr)]>,
@@ -297,46 +296,58 @@ fn name_rule(name: &str) -> String {
 
 // === upstreams ===
 
+/// How long a compile waits for a new discovery's first answer, so the config starts with
+/// endpoints.
+const FIRST_LOOK_WAIT: Duration = Duration::from_secs(5);
+
 fn upstreams(
     config: &LocalConfig,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     ctx_dry_run: bool,
     problems: &mut Problems,
 ) -> HashMap<Arc<str>, Arc<Upstream>> {
     let mut out = HashMap::new();
+    let resolver = crate::upstream::discovery::dns::ResolverSettings::from_config(&config.resolver)
+        .map_err(|(field, message)| problems.add(format!("resolver.{field}"), message))
+        .ok();
     for (name, u) in &config.upstreams {
         let base = format!("upstreams.{name}");
         if !valid_name(name) {
             problems.add(base.clone(), name_rule(name));
         }
-        if u.endpoints.is_empty() {
-            problems.add(format!("{base}.endpoints"), "an upstream needs at least one endpoint");
-        }
-        let mut endpoints = Vec::new();
+        let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for (i, e) in u.endpoints.iter().enumerate() {
             let path = format!("{base}.endpoints[{i}]");
-            match parse_endpoint_url(e.url()) {
-                Ok((host, port)) => {
-                    if e.weight() == 0 || e.weight() > 10_000 {
-                        problems.add(format!("{path}.weight"), "weight must be between 1 and 10000");
-                    }
-                    let key = format!("http://{host}:{port}");
-                    if !seen.insert(key.clone()) {
-                        problems.add(path, format!("endpoint {key} is listed twice"));
+            if e.weight() == 0 || e.weight() > 10_000 {
+                problems.add(format!("{path}.weight"), "weight must be between 1 and 10000");
+                continue;
+            }
+            match crate::upstream::target_of(e.url(), e.weight()) {
+                Ok(target) => {
+                    if !seen.insert(target.url.clone()) {
+                        problems.add(path, format!("endpoint {} is listed twice", target.url));
                         continue;
                     }
-                    endpoints.push(Arc::new(Endpoint::new(
-                        e.url(),
-                        &host,
-                        port,
-                        e.weight().max(1),
-                        registry.endpoint(&key),
-                    )));
+                    targets.push(target);
                 }
                 Err(message) => problems.add(path, message),
             }
         }
+        let source = match (&u.discovery, u.endpoints.is_empty()) {
+            (None, true) => {
+                problems.add(format!("{base}.endpoints"), "an upstream needs at least one endpoint, or `discovery`");
+                None
+            }
+            (Some(_), false) => {
+                problems.add(format!("{base}.discovery"), "list `endpoints` or use `discovery`, not both");
+                None
+            }
+            (Some(d), true) => discovery_source(d, resolver.as_ref(), registry)
+                .map_err(|(f, m)| problems.add(format!("{base}.discovery{f}"), m))
+                .ok(),
+            (None, false) => None,
+        };
         if u.pool.idle_timeout.get() < Duration::from_millis(100) {
             problems.add(format!("{base}.pool.idle_timeout"), "must be at least 100ms");
         }
@@ -345,26 +356,30 @@ fn upstreams(
                 problems.add(format!("{base}.timeouts.{field}"), "must be at least 1ms");
             }
         }
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let balancer = match u.balance {
-            BalanceConfig::RoundRobin => {
-                // Same endpoints and weights → same rotation: it continues across reloads.
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for e in &endpoints {
-                    e.url.hash(&mut hasher);
-                    e.weight.hash(&mut hasher);
-                }
-                let key = format!("{name}#{:x}", hasher.finish());
-                Balancer::round_robin(&weights, registry.balancer(&key))
+        let slow_start_ms = match u.slow_start {
+            Some(_) if u.balance == BalanceConfig::ConsistentHash => {
+                problems
+                    .add(format!("{base}.slow_start"), "does not apply to consistent_hash: a key's endpoint is fixed");
+                0
             }
-            BalanceConfig::Random => Balancer::random(&weights),
-            BalanceConfig::LeastRequest => Balancer::LeastRequest,
-            BalanceConfig::Ewma => Balancer::PeakEwma,
-            BalanceConfig::ConsistentHash => {
-                let names: Vec<&str> = endpoints.iter().map(|e| &*e.url).collect();
-                Balancer::ring(&names, &weights)
+            Some(d) if d.get() > Duration::from_secs(3600) => {
+                problems.add(format!("{base}.slow_start"), "at most 1h");
+                0
             }
+            Some(d) => d.get().as_millis() as u64,
+            None => 0,
         };
+        let check = match &u.health_check {
+            Some(check) => match check_settings(check) {
+                Ok(settings) => Some(settings),
+                Err((field, message)) => {
+                    problems.add(format!("{base}.health_check.{field}"), message);
+                    None
+                }
+            },
+            None => None,
+        };
+        let spec = crate::upstream::MemberSpec { upstream: Arc::from(name.as_str()), balance: u.balance, check };
         let hash_on = match (&u.hash_on, u.balance) {
             (Some(text), BalanceConfig::ConsistentHash) => match KeyPart::parse(text) {
                 Ok(part) => Some(Box::from([part])),
@@ -406,10 +421,27 @@ fn upstreams(
                 crate::upstream::retry::RetryPolicy::none()
             }
         };
+        let (members, discovery) = match source {
+            Some(source) if !ctx_dry_run => {
+                let key = format!("{name}|{}|{spec:?}", source.describe());
+                let discovery = registry.discovery(&key, || {
+                    crate::upstream::discovery::Discovery::start(source, spec.clone(), registry.clone(), true)
+                });
+                if !discovery.wait_first_look(FIRST_LOOK_WAIT) {
+                    tracing::warn!(upstream = %name, source = %discovery.source, "no answer from discovery yet; the upstream has no endpoints until one comes");
+                }
+                (discovery.members.clone(), Some(discovery))
+            }
+            _ => {
+                let members = crate::upstream::Members::build(&spec, &targets, registry, !ctx_dry_run);
+                (Arc::new(arc_swap::ArcSwap::from_pointee(members)), None)
+            }
+        };
         let upstream = Upstream {
             name: Arc::from(name.as_str()),
-            endpoints,
-            balancer,
+            members,
+            discovery,
+            slow_start_ms,
             connect_timeout: u.timeouts.connect.get(),
             response_header_timeout: u.timeouts.response_header.get(),
             pool: PoolSettings {
@@ -443,33 +475,7 @@ fn upstreams(
                 Some(registry.breaker(&format!("{name}|{settings:?}"), settings))
             }),
             fail_when_all_down: u.on_all_unhealthy == Some(crate::config::AllUnhealthyConfig::Fail),
-            probers: Vec::new(),
         };
-        let mut upstream = upstream;
-        if let Some(check) = &u.health_check {
-            match check_settings(check) {
-                Ok(settings) if !ctx_dry_run => {
-                    upstream.probers = upstream
-                        .endpoints
-                        .iter()
-                        .map(|e| {
-                            let key = format!("{}|{settings:?}", e.url);
-                            registry.prober(&key, || {
-                                crate::upstream::active::Prober::start(
-                                    e.state.clone(),
-                                    e.url.clone(),
-                                    e.host.clone(),
-                                    e.port,
-                                    settings.clone(),
-                                )
-                            })
-                        })
-                        .collect();
-                }
-                Ok(_) => {}
-                Err((field, message)) => problems.add(format!("{base}.health_check.{field}"), message),
-            }
-        }
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }
     out
@@ -554,13 +560,76 @@ fn retry_policy(c: &crate::config::RetriesConfig) -> Result<crate::upstream::ret
     Ok(policy)
 }
 
-/// `http://host[:port]` → (host, port). Bracketed IPv6 hosts keep their brackets.
-fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
-    let parsed = crate::upstream::HttpUrl::parse(url)?;
-    if parsed.path_and_query.is_some() {
-        return Err(format!("\"{url}\": an endpoint URL cannot have a path or query; use a route's rewrite"));
+/// The source of `discovery`; errors name the field under `discovery` (with its leading dot).
+fn discovery_source(
+    d: &crate::config::DiscoveryConfig,
+    resolver: Option<&crate::upstream::discovery::dns::ResolverSettings>,
+    registry: &Registry,
+) -> Result<Box<dyn crate::upstream::discovery::Discover>, (String, String)> {
+    use crate::config::DiscoveryKind;
+    use crate::upstream::discovery::{dns, file};
+    let unused = |field: &str, set: bool| {
+        if set {
+            Err((format!(".{field}"), format!("does not apply to `type: {:?}`", d.kind).to_lowercase()))
+        } else {
+            Ok(())
+        }
+    };
+    let name = || match d.name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() && n.len() <= 253 && !n.contains(['/', ' ', ':']) => Ok(n.to_owned()),
+        Some(n) => Err((".name".to_owned(), format!("`{n}` is not a DNS name"))),
+        None => Err((".name".to_owned(), "the DNS name to resolve".to_owned())),
+    };
+    // A bad `resolver` section is reported there; the source is not built.
+    let resolver = |registry: &Registry| {
+        let settings = resolver.ok_or_else(|| (String::new(), "see the error in `resolver`".to_owned()))?;
+        let built = registry.resolver(settings).map_err(|m| (String::new(), m))?;
+        Ok::<_, (String, String)>((built, settings.clone()))
+    };
+    match d.kind {
+        DiscoveryKind::Dns => {
+            unused("path", d.path.is_some())?;
+            unused("interval", d.interval.is_some())?;
+            let name = name()?;
+            let port =
+                d.port.filter(|p| *p != 0).ok_or_else(|| (".port".to_owned(), "the endpoints' port".to_owned()))?;
+            let weight = d.weight.unwrap_or(1);
+            if weight == 0 || weight > 10_000 {
+                return Err((".weight".into(), "weight must be between 1 and 10000".into()));
+            }
+            let (resolver, settings) = resolver(registry)?;
+            Ok(Box::new(dns::Dns { resolver, settings, name, port, weight }))
+        }
+        DiscoveryKind::Srv => {
+            for (field, set) in [
+                ("path", d.path.is_some()),
+                ("interval", d.interval.is_some()),
+                ("port", d.port.is_some()),
+                ("weight", d.weight.is_some()),
+            ] {
+                unused(field, set)?;
+            }
+            let name = name()?;
+            let (resolver, settings) = resolver(registry)?;
+            Ok(Box::new(dns::Srv { resolver, settings, name }))
+        }
+        DiscoveryKind::File => {
+            for (field, set) in [("name", d.name.is_some()), ("port", d.port.is_some()), ("weight", d.weight.is_some())]
+            {
+                unused(field, set)?;
+            }
+            let path = d
+                .path
+                .as_deref()
+                .filter(|p| !p.trim().is_empty())
+                .ok_or_else(|| (".path".to_owned(), "the file's path".to_owned()))?;
+            let interval = d.interval.map_or(Duration::from_secs(1), |i| i.get());
+            if interval < Duration::from_millis(100) {
+                return Err((".interval".into(), "at least 100ms".into()));
+            }
+            Ok(Box::new(file::File { path: path.into(), interval }))
+        }
     }
-    Ok((parsed.host, parsed.port))
 }
 
 // === policies ===
@@ -1111,21 +1180,6 @@ fn value_match(rule: &ValueMatchConfig, at: &str, problems: &mut Problems) -> Op
                 Some(true) => Some(ValueMatch::Present),
                 _ => Some(ValueMatch::Absent),
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_urls_are_checked() {
-        assert_eq!(parse_endpoint_url("http://10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080));
-        assert_eq!(parse_endpoint_url("http://User.Internal").unwrap(), ("user.internal".into(), 80));
-        assert_eq!(parse_endpoint_url("http://[::1]:81/").unwrap(), ("[::1]".into(), 81));
-        for bad in ["10.0.0.1:80", "ftp://x", "https://x", "http://x/base", "http://u:p@x", "http://x?q", "not a url"] {
-            assert!(parse_endpoint_url(bad).is_err(), "{bad}");
         }
     }
 }

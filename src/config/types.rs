@@ -44,6 +44,13 @@ pub struct LocalConfig {
     /// The Redis (or Redis Cluster) that a fleet of gatehouse nodes shares counters through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// How upstream `discovery` resolves DNS names.
+    #[serde(default, skip_serializing_if = "is_default_resolver")]
+    pub resolver: ResolverConfig,
+}
+
+fn is_default_resolver(r: &ResolverConfig) -> bool {
+    *r == ResolverConfig::default()
 }
 
 /// Where the shared counters live.
@@ -394,8 +401,19 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// The endpoints: `http://host:port` URLs, optionally with a weight.
+    /// The endpoints: `http://host:port` URLs, optionally with a weight. Either these or
+    /// `discovery`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
+    /// Where the endpoints are found instead of listing them: DNS A/AAAA or SRV records
+    /// (re-resolved as their TTLs run out) or a file watched for changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryConfig>,
+    /// A newly healthy endpoint's share of traffic grows from a tenth to all of it over this time
+    /// (after it is added, comes back from ejection or passes its health check again). Not with
+    /// `consistent_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<DurationValue>,
     /// How a request picks an endpoint.
     #[serde(default)]
     pub balance: BalanceConfig,
@@ -423,6 +441,67 @@ pub struct UpstreamConfig {
     /// `fail` answers 503 `no_endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_all_unhealthy: Option<AllUnhealthyConfig>,
+}
+
+/// How an upstream finds its endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `dns`: every A/AAAA address of `name` is an endpoint at `port`. `srv`: the SRV records of
+    /// `name` (e.g. `_http._tcp.users.internal`) give hosts, ports and weights. `file`: a YAML
+    /// file at `path` holds the endpoint list, written as `endpoints` is.
+    #[serde(rename = "type")]
+    pub kind: DiscoveryKind,
+    /// `dns`, `srv`: the name to resolve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `dns`: the endpoints' port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `dns`: every endpoint's weight. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// `file`: the file's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `file`: how often the file is read for changes. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryKind {
+    Dns,
+    Srv,
+    File,
+}
+
+/// The DNS resolver that `discovery` uses.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverConfig {
+    /// Name servers as `ip:port` (`ip` alone means port 53), asked over UDP and TCP. Default:
+    /// those of /etc/resolv.conf.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// How long one query may take.
+    pub timeout: DurationValue,
+    /// Answers are used at least this long, even with a shorter TTL.
+    pub min_ttl: DurationValue,
+    /// … and at most this long, even with a longer TTL.
+    pub max_ttl: DurationValue,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            timeout: DurationValue::secs(2),
+            min_ttl: DurationValue::secs(1),
+            max_ttl: DurationValue::secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -15,8 +15,9 @@ use crate::state::registry::Registry;
 use crate::upstream::{Endpoint, HttpUrl, PoolSettings, Upstream, client};
 
 pub struct Service {
-    /// A one-endpoint upstream.
+    /// A one-endpoint upstream, and its endpoint.
     upstream: Upstream,
+    endpoint: Arc<Endpoint>,
     target: Uri,
     timeout: Duration,
 }
@@ -35,13 +36,14 @@ impl Service {
         let endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
         let target = Uri::from(parsed.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
         let pool = PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) };
-        let upstream = Upstream::single(kind, Arc::new(endpoint), timeout, timeout, pool);
-        Ok(Service { upstream, target, timeout })
+        let endpoint = Arc::new(endpoint);
+        let upstream = Upstream::single(kind, endpoint.clone(), timeout, timeout, pool);
+        Ok(Service { upstream, endpoint, target, timeout })
     }
 
     /// The URL as configured, for logs.
     pub fn url(&self) -> &str {
-        &self.upstream.endpoints[0].url
+        &self.endpoint.url
     }
 
     pub fn timeout(&self) -> Duration {
@@ -55,14 +57,14 @@ impl Service {
 
     #[cfg(test)]
     pub fn authority(&self) -> &http::HeaderValue {
-        &self.upstream.endpoints[0].authority
+        &self.endpoint.authority
     }
 
     /// A request to the service's URL with its `Host`; the caller adds headers and the method.
     pub fn request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut request = Request::new(body);
         *request.uri_mut() = self.target.clone();
-        request.headers_mut().insert(header::HOST, self.upstream.endpoints[0].authority.clone());
+        request.headers_mut().insert(header::HOST, self.endpoint.authority.clone());
         request
     }
 
@@ -75,8 +77,8 @@ impl Service {
     }
 
     async fn exchange(&self, request: Request<UpstreamBody>, max_body: usize) -> Result<Answer, String> {
-        let endpoint = &self.upstream.endpoints[0];
-        let (response, checkout) = client::send(&self.upstream, endpoint, request).await.map_err(|e| e.to_string())?;
+        let (response, checkout) =
+            client::send(&self.upstream, &self.endpoint, request).await.map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, max_body).collect().await {
             Ok(collected) => {

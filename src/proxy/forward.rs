@@ -67,8 +67,7 @@ impl Tries<'_> {
             let now_ms = clock::now_ms();
             let endpoint = upstream
                 .select(Pick { hash: self.hash, tried: &tried, now_ms })
-                .ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?
-                .clone();
+                .ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?;
             log.set_upstream(&endpoint.url);
             let mut this_try = match request.take() {
                 Some(r) => r,
@@ -228,7 +227,7 @@ pub fn mirror(mirror: &crate::state::Mirror, parts: &Parts, body: &UpstreamBody)
     let in_flight = mirror.in_flight.clone();
     tokio::spawn(async move {
         let now_ms = clock::now_ms();
-        if let Some(endpoint) = upstream.select(Pick { now_ms, ..Pick::default() }).cloned() {
+        if let Some(endpoint) = upstream.select(Pick { now_ms, ..Pick::default() }) {
             request.headers_mut().insert(header::HOST, endpoint.authority.clone());
             let exchange = async {
                 if let Ok((response, checkout)) = client::send(&upstream, &endpoint, request).await {

@@ -25,6 +25,8 @@ pub struct Registry {
     batches: Shared<crate::policy::rate_limit::batch::Batch>,
     breakers: Shared<crate::upstream::breaker::Breaker>,
     probers: Shared<crate::upstream::active::Prober>,
+    discoveries: Shared<crate::upstream::discovery::Discovery>,
+    resolvers: Shared<hickory_resolver::TokioResolver>,
     next_endpoint_id: AtomicU64,
 }
 
@@ -107,6 +109,24 @@ impl Registry {
         start: impl FnOnce() -> Arc<crate::upstream::active::Prober>,
     ) -> Arc<crate::upstream::active::Prober> {
         get_or(&self.probers, key, start)
+    }
+
+    /// The running discovery of an upstream with this source and member settings: a reload that
+    /// keeps them keeps the endpoints found, without looking again.
+    pub fn discovery(
+        &self,
+        key: &str,
+        start: impl FnOnce() -> Arc<crate::upstream::discovery::Discovery>,
+    ) -> Arc<crate::upstream::discovery::Discovery> {
+        get_or(&self.discoveries, key, start)
+    }
+
+    /// The DNS resolver with these settings (and its cache), shared by the sources that use it.
+    pub fn resolver(
+        &self,
+        settings: &crate::upstream::discovery::dns::ResolverSettings,
+    ) -> Result<Arc<hickory_resolver::TokioResolver>, String> {
+        get_or_try(&self.resolvers, &format!("{settings:?}"), || settings.build().map(Arc::new))
     }
 
     /// Every live limit's store (for the idle-key sweep).

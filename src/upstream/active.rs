@@ -78,6 +78,7 @@ impl Prober {
                         successes += 1;
                         if down.load(Ordering::Relaxed) && successes >= settings.healthy_threshold {
                             down.store(false, Ordering::Relaxed);
+                            prober.state.mark_up(crate::transport::clock::now_ms());
                             tracing::info!(endpoint = %url, "health check passes again: back in rotation");
                         }
                     }
@@ -103,7 +104,7 @@ fn jitter(max: Duration) -> Duration {
 }
 
 /// The probers' own runtime, on a thread of its own for the life of the process.
-fn runtime() -> &'static tokio::runtime::Handle {
+pub(super) fn runtime() -> &'static tokio::runtime::Handle {
     static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -31,6 +31,11 @@ impl Health {
         self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
+    /// Until when the endpoint is (or was, last time) ejected; 0 if never.
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         !self.is_available(now_ms)
     }
@@ -71,12 +76,14 @@ impl Health {
     }
 
     /// After an ejection ends, the endpoint is back on probation: one more failure run ejects it
-    /// for longer; a success forgets the past ejections.
-    pub fn end_ejection_if_over(&self, now_ms: u64) {
+    /// for longer; a success forgets the past ejections. Returns when the ejection ended.
+    pub fn end_ejection_if_over(&self, now_ms: u64) -> Option<u64> {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         if until != 0 && until <= now_ms {
             self.ejected_until_ms.store(0, Ordering::Relaxed);
+            return Some(until);
         }
+        None
     }
 }
 

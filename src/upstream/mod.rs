@@ -7,6 +7,7 @@ pub mod active;
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod discovery;
 pub mod fetch;
 pub mod health;
 pub mod pool;
@@ -17,15 +18,23 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Guard};
 use http::HeaderValue;
 
 pub use balance::{Balancer, Pick};
 
+use crate::state::registry::Registry;
+
 /// A named group of endpoints with its balancing, timeouts and pool settings.
 pub struct Upstream {
     pub name: Arc<str>,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    pub balancer: Balancer,
+    /// The endpoints and their balancer: fixed when the config lists the endpoints, swapped by
+    /// `discovery` when it finds others.
+    pub members: Arc<ArcSwap<Members>>,
+    /// The source that keeps `members` current (it runs while this is held).
+    pub discovery: Option<Arc<discovery::Discovery>>,
+    /// A newly available endpoint's share grows to its full weight over this time (0: at once).
+    pub slow_start_ms: u64,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub pool: PoolSettings,
@@ -38,10 +47,101 @@ pub struct Upstream {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// With no endpoint available: refuse (true) instead of using them all (panic mode).
     pub fail_when_all_down: bool,
-    /// The endpoints' active health checks, running while this upstream (or a later one with the
-    /// same checks) lives.
-    pub probers: Vec<Arc<active::Prober>>,
 }
+
+/// An upstream's endpoints as they are now, with the balancer that picks among them.
+pub struct Members {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub balancer: Balancer,
+    /// The endpoints' active health checks, running while these members (or later ones with the
+    /// same checks) live.
+    _probers: Vec<Arc<active::Prober>>,
+}
+
+/// What members are built with besides their endpoints: the parts of an upstream's config they
+/// depend on.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub upstream: Arc<str>,
+    pub balance: crate::config::BalanceConfig,
+    pub check: Option<active::CheckSettings>,
+}
+
+impl Members {
+    pub fn empty(spec: &MemberSpec) -> Members {
+        Members { endpoints: Vec::new(), balancer: Balancer::random(&[]), _probers: Vec::new() }
+            .with_balancer(spec, None)
+    }
+
+    /// The endpoints at `targets` (their state taken from the registry, so an address keeps its
+    /// pool and health), a balancer over them and, with `start_checks`, their health checks.
+    pub fn build(spec: &MemberSpec, targets: &[discovery::Target], registry: &Registry, start_checks: bool) -> Members {
+        let endpoints: Vec<Arc<Endpoint>> = targets
+            .iter()
+            .map(|t| {
+                let mut endpoint = Endpoint::new(&t.url, &t.host, t.port, t.weight, registry.endpoint(&t.url));
+                if let Some(authority) = t.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+                    endpoint.authority = authority;
+                }
+                Arc::new(endpoint)
+            })
+            .collect();
+        let probers = match &spec.check {
+            Some(settings) if start_checks => endpoints
+                .iter()
+                .map(|e| {
+                    let key = format!("{}|{settings:?}", e.url);
+                    registry.prober(&key, || {
+                        active::Prober::start(e.state.clone(), e.url.clone(), e.host.clone(), e.port, settings.clone())
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Members { endpoints, balancer: Balancer::random(&[]), _probers: probers }.with_balancer(spec, Some(registry))
+    }
+
+    fn with_balancer(mut self, spec: &MemberSpec, registry: Option<&Registry>) -> Members {
+        use crate::config::BalanceConfig;
+        use std::hash::{Hash, Hasher};
+        let weights: Vec<u32> = self.endpoints.iter().map(|e| e.weight).collect();
+        self.balancer = match spec.balance {
+            BalanceConfig::RoundRobin => {
+                // Same endpoints and weights → same rotation: it continues across reloads.
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                for e in &self.endpoints {
+                    e.url.hash(&mut hasher);
+                    e.weight.hash(&mut hasher);
+                }
+                let key = format!("{}#{:x}", spec.upstream, hasher.finish());
+                Balancer::round_robin(&weights, registry.map(|r| r.balancer(&key)).unwrap_or_default())
+            }
+            BalanceConfig::Random => Balancer::random(&weights),
+            BalanceConfig::LeastRequest => Balancer::LeastRequest,
+            BalanceConfig::Ewma => Balancer::PeakEwma,
+            BalanceConfig::ConsistentHash => {
+                let names: Vec<&str> = self.endpoints.iter().map(|e| &*e.url).collect();
+                Balancer::ring(&names, &weights)
+            }
+        };
+        self
+    }
+}
+
+/// An endpoint as the config writes it: an `http://host[:port]` URL without path, and a weight.
+pub fn target_of(url: &str, weight: u32) -> Result<discovery::Target, String> {
+    if weight == 0 || weight > 10_000 {
+        return Err("weight must be between 1 and 10000".into());
+    }
+    let parsed = HttpUrl::parse(url)?;
+    if parsed.path_and_query.is_some() {
+        return Err(format!("\"{url}\": an endpoint URL cannot have a path or query; use a route's rewrite"));
+    }
+    Ok(discovery::Target::new(&parsed.host, parsed.port, weight, None))
+}
+
+/// Redraws at most this often when the balancer picks an endpoint that is still warming up.
+const SLOW_START_REDRAWS: u32 = 4;
 
 impl Upstream {
     /// A single-endpoint upstream with default settings and no retries (for gatehouse's own calls:
@@ -53,10 +153,12 @@ impl Upstream {
         response_header_timeout: Duration,
         pool: PoolSettings,
     ) -> Upstream {
+        let members = Members { endpoints: vec![endpoint], balancer: Balancer::random(&[1]), _probers: Vec::new() };
         Upstream {
             name: Arc::from(name),
-            endpoints: vec![endpoint],
-            balancer: Balancer::random(&[1]),
+            members: Arc::new(ArcSwap::from_pointee(members)),
+            discovery: None,
+            slow_start_ms: 0,
             connect_timeout,
             response_header_timeout,
             pool,
@@ -71,30 +173,51 @@ impl Upstream {
             budget: retry::RetryBudget::new(0, 0),
             breaker: None,
             fail_when_all_down: false,
-            probers: Vec::new(),
         }
     }
 
+    /// The endpoints as they are now.
+    pub fn members(&self) -> Guard<Arc<Members>> {
+        self.members.load()
+    }
+
     /// Picks the endpoint for one try of a request.
-    pub fn select(&self, pick: Pick<'_>) -> Option<&Arc<Endpoint>> {
-        if self.fail_when_all_down && !self.endpoints.iter().any(|e| e.state.is_available(pick.now_ms)) {
+    pub fn select(&self, pick: Pick<'_>) -> Option<Arc<Endpoint>> {
+        let members = self.members.load();
+        if self.fail_when_all_down && !members.endpoints.iter().any(|e| e.state.is_available(pick.now_ms)) {
             return None;
         }
-        self.balancer.pick(&self.endpoints, pick)
+        let mut chosen = members.balancer.pick(&members.endpoints, pick)?;
+        if self.slow_start_ms > 0 {
+            // An endpoint warming up keeps a pick with the probability of its warmth and is
+            // otherwise drawn again: its share is about its weight scaled by its warmth.
+            for _ in 0..SLOW_START_REDRAWS {
+                let warmth = chosen.state.warmth(pick.now_ms, self.slow_start_ms);
+                if warmth >= 1.0 || fastrand::f64() < warmth {
+                    break;
+                }
+                chosen = members.balancer.pick(&members.endpoints, pick)?;
+            }
+        }
+        Some(chosen.clone())
     }
 
     /// Records how a try went for the endpoint's passive health. `failed`: no response, or a 5xx.
     pub fn record(&self, endpoint: &Endpoint, failed: bool, now_ms: u64) {
         let health = &endpoint.state.health;
-        health.end_ejection_if_over(now_ms);
+        if let Some(ended) = health.end_ejection_if_over(now_ms) {
+            // Slow start counts from the end of the ejection.
+            endpoint.state.mark_up(ended);
+        }
         if !failed {
             health.success();
             return;
         }
         let ejected = health.failure(&self.outlier, now_ms, || {
             // Never the whole upstream, and at most the configured share of it.
-            let n = self.endpoints.len();
-            let out = self.endpoints.iter().filter(|e| !e.state.is_available(now_ms)).count();
+            let members = self.members.load();
+            let n = members.endpoints.len();
+            let out = members.endpoints.iter().filter(|e| !e.state.is_available(now_ms)).count();
             let cap = (n * self.outlier.max_ejected_percent as usize / 100).max(1);
             out + 1 < n && out < cap
         });
@@ -221,6 +344,9 @@ pub struct EndpointState {
     pub health: health::Health,
     /// Held down by a failing active health check.
     pub active_down: std::sync::atomic::AtomicBool,
+    /// When this endpoint last became available (created, or passing its health check again),
+    /// on the coarse clock: slow start counts from here or from the end of an ejection.
+    up_since_ms: AtomicU64,
 }
 
 /// How long a DNS answer is reused. The system resolver does not tell us TTLs.
@@ -236,7 +362,24 @@ impl EndpointState {
             latency: health::Latency::default(),
             health: health::Health::default(),
             active_down: std::sync::atomic::AtomicBool::new(false),
+            up_since_ms: AtomicU64::new(crate::transport::clock::now_ms()),
         }
+    }
+
+    /// The endpoint is available again (its health check passes).
+    pub fn mark_up(&self, now_ms: u64) {
+        self.up_since_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// How far along its slow start this endpoint is: from 0.1 just after it became available to
+    /// 1.0 once `window_ms` have passed.
+    pub fn warmth(&self, now_ms: u64, window_ms: u64) -> f64 {
+        let since = self.up_since_ms.load(Ordering::Relaxed).max(self.health.ejected_until_ms());
+        let up_for = now_ms.saturating_sub(since);
+        if up_for >= window_ms {
+            return 1.0;
+        }
+        0.1 + 0.9 * up_for as f64 / window_ms.max(1) as f64
     }
 
     async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
@@ -263,5 +406,38 @@ impl EndpointState {
 
     pub fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        let at = |url: &str| target_of(url, 1).map(|t| (t.host, t.port, t.url));
+        assert_eq!(at("http://10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080, "http://10.0.0.1:8080".into()));
+        assert_eq!(at("http://User.Internal").unwrap(), ("user.internal".into(), 80, "http://user.internal:80".into()));
+        assert_eq!(at("http://[::1]:81/").unwrap(), ("[::1]".into(), 81, "http://[::1]:81".into()));
+        for bad in ["10.0.0.1:80", "ftp://x", "https://x", "http://x/base", "http://u:p@x", "http://x?q", "not a url"] {
+            assert!(at(bad).is_err(), "{bad}");
+        }
+        assert!(target_of("http://x:1", 0).is_err());
+        assert!(target_of("http://x:1", 10_001).is_err());
+        // A discovered IPv6 address is bracketed like a written one.
+        assert_eq!(discovery::Target::new("::1", 81, 1, None).url, "http://[::1]:81");
+    }
+
+    #[test]
+    fn warmth_grows_from_a_tenth_to_whole_over_the_window() {
+        let state = EndpointState::new(1);
+        state.mark_up(1_000);
+        assert!((state.warmth(1_000, 10_000) - 0.1).abs() < 1e-9);
+        assert!((state.warmth(6_000, 10_000) - 0.55).abs() < 1e-9);
+        assert_eq!(state.warmth(11_000, 10_000), 1.0);
+        // The end of an ejection starts it again.
+        state.health.eject_until(20_000);
+        assert!((state.warmth(20_000, 10_000) - 0.1).abs() < 1e-9);
+        assert_eq!(state.warmth(30_000, 10_000), 1.0);
     }
 }

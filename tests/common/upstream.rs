@@ -65,7 +65,12 @@ impl Upstream {
     }
 
     pub fn start(name: &str, behaviour: UpstreamBehaviour) -> Upstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Self::start_at(name, behaviour, "127.0.0.1:0")
+    }
+
+    /// An upstream at `address` (e.g. another loopback address, `127.0.0.2:PORT`).
+    pub fn start_at(name: &str, behaviour: UpstreamBehaviour, address: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind(address).expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));

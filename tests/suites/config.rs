@@ -55,7 +55,7 @@ routes: [{ name: r, upstream: u, policies: [{ request_headers: { set: { x-litera
     let snap = compile_text(text, vars).unwrap();
     assert_eq!(snap.server.workers, 3);
     assert_eq!(snap.listeners[0].address.port(), 8081);
-    assert_eq!(&*snap.upstreams["u"].endpoints[0].host, "10.0.0.1");
+    assert_eq!(&*snap.upstreams["u"].members().endpoints[0].host, "10.0.0.1");
     assert_eq!(snap.config.routes[0].policies.len(), 1);
     let errors = compile_text(text, Vars::default()).unwrap_err();
     assert_eq!(errors.diagnostics.len(), 1, "{errors}");
@@ -194,4 +194,37 @@ routes:
     let mut sorted = lines.clone();
     sorted.sort_by_key(|l| l.split(':').nth(1).and_then(|n| n.parse::<u32>().ok()));
     assert_eq!(lines, sorted, "errors are listed in file order");
+}
+
+#[test]
+fn discovery_and_slow_start_settings_are_checked() {
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:1" }]
+resolver: { nameservers: ["10.0.0.1", "10.0.0.2:5353", "nameserver"] }
+upstreams:
+  both: { endpoints: ["http://a:1"], discovery: { type: file, path: /x } }
+  none: {}
+  no_port: { discovery: { type: dns, name: svc.internal } }
+  bad_name: { discovery: { type: dns, name: "http://x", port: 80 } }
+  srv_port: { discovery: { type: srv, name: _http._tcp.x, port: 80 } }
+  no_path: { discovery: { type: file } }
+  fast: { discovery: { type: file, path: /x, interval: 1ms } }
+  hashed: { endpoints: ["http://a:1"], balance: consistent_hash, hash_on: client_ip, slow_start: 10s }
+routes: [{ name: r, upstream: both }]
+"#;
+    let errors = compile_text(text, Vars::default()).unwrap_err();
+    let text = errors.to_string();
+    for expected in [
+        "resolver.nameservers[2]: `nameserver` is not ip or ip:port",
+        "upstreams.both.discovery: list `endpoints` or use `discovery`, not both",
+        "upstreams.none.endpoints: an upstream needs at least one endpoint, or `discovery`",
+        "upstreams.no_port.discovery.port",
+        "upstreams.bad_name.discovery.name: `http://x` is not a DNS name",
+        "upstreams.srv_port.discovery.port: does not apply to `type: srv`",
+        "upstreams.no_path.discovery.path",
+        "upstreams.fast.discovery.interval: at least 100ms",
+        "upstreams.hashed.slow_start: does not apply to consistent_hash",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    }
 }

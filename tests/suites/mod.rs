@@ -6,6 +6,7 @@ mod basic_auth;
 mod cli;
 mod config;
 mod demo;
+mod discovery;
 mod forward_auth;
 mod hmac_auth;
 mod hostile;

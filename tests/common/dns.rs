@@ -1,0 +1,93 @@
+//! A real DNS server for tests: dnsmasq on a free loopback port, answering only from the records
+//! given here (no upstream servers, no /etc/hosts). Its A/AAAA records come from a hosts file
+//! that `set_hosts` rewrites (dnsmasq reads it again on SIGHUP); SRV records are fixed per start,
+//! so `restart_with_srv` starts it again on the same port.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Dnsmasq {
+    pub addr: SocketAddr,
+    hosts: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+/// An SRV record: `(name, target, port, priority, weight)`.
+pub type Srv<'a> = (&'a str, &'a str, u16, u16, u16);
+
+impl Dnsmasq {
+    /// Starts with `hosts` (lines of `ip name`) and SRV records; every answer has a TTL of 1s.
+    pub fn start(hosts: &str, srv: &[Srv<'_>]) -> Dnsmasq {
+        // A free port for UDP (dnsmasq also takes TCP on it).
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let hosts_path = dir.path().join("hosts");
+        std::fs::write(&hosts_path, hosts).unwrap();
+        let mut server =
+            Dnsmasq { addr: SocketAddr::from(([127, 0, 0, 1], port)), hosts: hosts_path, child: None, _dir: dir };
+        server.run(srv);
+        server
+    }
+
+    fn run(&mut self, srv: &[Srv<'_>]) {
+        let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" };
+        let mut command = Command::new(binary);
+        command
+            .arg("--keep-in-foreground")
+            .arg("--conf-file=/dev/null")
+            .arg(format!("--port={}", self.addr.port()))
+            .arg("--listen-address=127.0.0.1")
+            .arg("--bind-interfaces")
+            .arg("--no-resolv")
+            .arg("--no-hosts")
+            .arg("--no-negcache")
+            .arg(format!("--addn-hosts={}", self.hosts.display()))
+            .arg("--local-ttl=1")
+            .arg("--user=root")
+            .arg("--pid-file=");
+        for (name, target, port, priority, weight) in srv {
+            command.arg(format!("--srv-host={name},{target},{port},{priority},{weight}"));
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (./scripts/test installs dnsmasq-base)");
+        self.child = Some(child);
+        // Ready when it answers on TCP.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not start on {}", self.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replaces the A/AAAA records; dnsmasq reads them again at once.
+    pub fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).unwrap();
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
+    /// Starts again on the same port with other SRV records.
+    pub fn restart_with_srv(&mut self, srv: &[Srv<'_>]) {
+        self.kill();
+        self.run(srv);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
