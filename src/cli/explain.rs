@@ -239,8 +239,9 @@ pub fn explain_request(
                     let total = route.timeout.map_or_else(|| "none".to_owned(), |t| format!("{t:?}"));
                     let _ = writeln!(
                         out,
-                        "  timeouts    route {total}, connect {:?}, response head {:?}",
-                        upstream.connect_timeout, upstream.response_header_timeout
+                        "  timeouts    route {total}, connect {:?}, response head {:?} per try",
+                        route.try_timeouts.connect.unwrap_or(upstream.connect_timeout),
+                        route.try_timeouts.response_header.unwrap_or(upstream.response_header_timeout)
                     );
                 }
                 None => {}

@@ -981,9 +981,16 @@ fn routes(
             },
             (false, None) => UpstreamHost::Endpoint,
         };
-        if let Some(t) = r.timeout {
-            if t.get() < Duration::from_millis(1) {
-                problems.add(format!("{base}.timeout"), "must be at least 1ms");
+        let timeouts = r.timeout.map(|t| t.each()).unwrap_or_default();
+        for (field, value) in [("total", timeouts.total), ("connect", timeouts.connect), ("per_try", timeouts.per_try)]
+        {
+            if value.is_some_and(|t| t.get() < Duration::from_millis(1)) {
+                let at = if matches!(r.timeout, Some(crate::config::RouteTimeoutConfig::Total(_))) {
+                    format!("{base}.timeout")
+                } else {
+                    format!("{base}.timeout.{field}")
+                };
+                problems.add(at, "must be at least 1ms");
             }
         }
 
@@ -995,7 +1002,11 @@ fn routes(
             mirror,
             rewrite,
             host,
-            timeout: r.timeout.map(|t| t.get()),
+            timeout: timeouts.total.map(|t| t.get()),
+            try_timeouts: crate::upstream::client::TryTimeouts {
+                connect: timeouts.connect.map(|t| t.get()),
+                response_header: timeouts.per_try.map(|t| t.get()),
+            },
             policies: route_policies,
         });
         if let Some(spec) = spec {

@@ -794,9 +794,10 @@ pub struct RouteConfig {
     /// Send this Host header upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<String>,
-    /// Total time from the request's arrival to the upstream's response head.
+    /// Total time from the request's arrival to the upstream's response head (`30s`), or
+    /// `{total, connect, per_try}`: connect and per-try replace the upstream's for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<DurationValue>,
+    pub timeout: Option<RouteTimeoutConfig>,
     /// Policies for this route (they replace global policies of the same kind).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyConfig>,
@@ -811,6 +812,63 @@ pub struct RouteConfig {
     /// Send a copy of (a share of) the requests to another upstream; its answers are discarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+}
+
+/// A route's timeouts: one duration (the total), or each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RouteTimeoutConfig {
+    Total(DurationValue),
+    Each(RouteTimeouts),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// From the request's arrival to the response head, all tries together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<DurationValue>,
+    /// Connecting to an endpoint (instead of the upstream's `timeouts.connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<DurationValue>,
+    /// One try, from sending the request to the response head (instead of the upstream's
+    /// `timeouts.response_header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<DurationValue>,
+}
+
+impl RouteTimeoutConfig {
+    pub fn each(&self) -> RouteTimeouts {
+        match *self {
+            RouteTimeoutConfig::Total(total) => RouteTimeouts { total: Some(total), ..RouteTimeouts::default() },
+            RouteTimeoutConfig::Each(each) => each,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteTimeoutConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RouteTimeoutConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, or {total, connect, per_try}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RouteTimeoutConfig, E> {
+                DurationValue::deserialize(de::value::StrDeserializer::<E>::new(v)).map(RouteTimeoutConfig::Total)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RouteTimeoutConfig, E> {
+                DurationValue::deserialize(de::value::U64Deserializer::<E>::new(v)).map(RouteTimeoutConfig::Total)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RouteTimeoutConfig, E> {
+                DurationValue::deserialize(de::value::I64Deserializer::<E>::new(v)).map(RouteTimeoutConfig::Total)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RouteTimeoutConfig, A::Error> {
+                RouteTimeouts::deserialize(de::value::MapAccessDeserializer::new(map)).map(RouteTimeoutConfig::Each)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// One side of a `split`.

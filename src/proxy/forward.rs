@@ -34,6 +34,8 @@ pub struct Tries<'a> {
     pub original_host: Option<&'a HeaderValue>,
     /// The consistent-hashing key, if the upstream hashes.
     pub hash: Option<u64>,
+    /// The route's connect and per-try timeouts, where it sets them.
+    pub timeouts: client::TryTimeouts,
 }
 
 impl Tries<'_> {
@@ -106,7 +108,7 @@ impl Tries<'_> {
             };
             let in_flight = InFlight::new(&endpoint.state);
             let started = Instant::now();
-            let result = client::send_or_return(upstream, &endpoint, this_try).await;
+            let result = client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await;
             if let (Some(breaker), Some(ticket)) = (&upstream.breaker, ticket) {
                 let failed = match &result {
                     Ok((response, _)) => response.status().is_server_error(),

@@ -314,7 +314,13 @@ impl Exchange<'_> {
             forward::mirror(mirror, &parts, &body);
         }
         let now = Instant::now();
-        let tries = forward::Tries { upstream, host: &route.host, original_host: original_host.as_ref(), hash };
+        let tries = forward::Tries {
+            upstream,
+            host: &route.host,
+            original_host: original_host.as_ref(),
+            hash,
+            timeouts: route.try_timeouts,
+        };
         let exchange = Box::pin(tries.run(parts, body, &mut self.log));
         let (response, checkout, in_flight) = match route.timeout {
             Some(limit) => match tokio::time::timeout_at((self.start + limit).into(), exchange).await {

@@ -112,6 +112,8 @@ pub struct Route {
     pub rewrite: PathRewrite,
     pub host: UpstreamHost,
     pub timeout: Option<Duration>,
+    /// Connect and per-try timeouts that replace the upstream's for this route.
+    pub try_timeouts: crate::upstream::client::TryTimeouts,
     /// The route's policies on each listener (indexed by listener id): global, listener and route
     /// policies merged.
     pub policies: Vec<RoutePolicies>,

@@ -33,29 +33,39 @@ pub enum UpstreamError {
     ResponseTimeout { endpoint: String, after: Duration },
 }
 
+/// A route's replacements for its upstream's connect and response-head timeouts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TryTimeouts {
+    pub connect: Option<Duration>,
+    pub response_header: Option<Duration>,
+}
+
 /// Sends `request` to `endpoint` and waits for the response head.
 pub async fn send(
     upstream: &Upstream,
     endpoint: &Endpoint,
     request: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
-    send_or_return(upstream, endpoint, request).await.map_err(|(e, _)| e)
+    send_or_return(upstream, endpoint, request, TryTimeouts::default()).await.map_err(|(e, _)| e)
 }
 
 /// `send`, giving the request back when no connection could be made (nothing was sent: it can go
-/// to another endpoint, body and all).
+/// to another endpoint, body and all). `timeouts` replace the upstream's where set.
 pub async fn send_or_return(
     upstream: &Upstream,
     endpoint: &Endpoint,
     mut request: Request<UpstreamBody>,
+    timeouts: TryTimeouts,
 ) -> Result<(Response<Incoming>, Checkout), (UpstreamError, Option<Request<UpstreamBody>>)> {
+    let connect_timeout = timeouts.connect.unwrap_or(upstream.connect_timeout);
+    let head_timeout = timeouts.response_header.unwrap_or(upstream.response_header_timeout);
     let key = endpoint.state.id;
     endpoint.state.count_request();
     while let Some(mut sender) = pool::take(key) {
         if sender.ready().await.is_err() {
             continue;
         }
-        match timed(upstream, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
+        match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
             Ok(response) => return Ok((response, Checkout::new(key, sender, upstream.pool))),
             Err(mut err) => match err.take_message() {
                 // Not written: the connection died while idle. Try the next one.
@@ -64,14 +74,14 @@ pub async fn send_or_return(
             },
         }
     }
-    let mut sender = match connect(endpoint, upstream.connect_timeout).await {
+    let mut sender = match connect(endpoint, connect_timeout).await {
         Ok(sender) => sender,
         Err(e) => return Err((e, Some(request))),
     };
     if let Err(source) = sender.ready().await {
         return Err((exchange_error(endpoint, source), Some(request)));
     }
-    match timed(upstream, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
+    match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
         Ok(response) => Ok((response, Checkout::new(key, sender, upstream.pool))),
         Err(mut err) => {
             let back = err.take_message();
@@ -80,16 +90,11 @@ pub async fn send_or_return(
     }
 }
 
-/// Bounds the wait for the response head by the upstream's `response_header` timeout.
-async fn timed<T>(
-    upstream: &Upstream,
-    endpoint: &Endpoint,
-    exchange: impl Future<Output = T>,
-) -> Result<T, UpstreamError> {
-    tokio::time::timeout(upstream.response_header_timeout, exchange).await.map_err(|_| UpstreamError::ResponseTimeout {
-        endpoint: endpoint.url.to_string(),
-        after: upstream.response_header_timeout,
-    })
+/// Bounds the wait for the response head.
+async fn timed<T>(limit: Duration, endpoint: &Endpoint, exchange: impl Future<Output = T>) -> Result<T, UpstreamError> {
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| UpstreamError::ResponseTimeout { endpoint: endpoint.url.to_string(), after: limit })
 }
 
 fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {

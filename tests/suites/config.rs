@@ -210,7 +210,10 @@ upstreams:
   no_path: { discovery: { type: file } }
   fast: { discovery: { type: file, path: /x, interval: 1ms } }
   hashed: { endpoints: ["http://a:1"], balance: consistent_hash, hash_on: client_ip, slow_start: 10s }
-routes: [{ name: r, upstream: both }]
+routes:
+  - { name: r, upstream: both }
+  - { name: t, upstream: hashed, timeout: { per_try: 0ms } }
+  - { name: v, upstream: hashed, timeout: 0s }
 "#;
     let errors = compile_text(text, Vars::default()).unwrap_err();
     let text = errors.to_string();
@@ -224,7 +227,17 @@ routes: [{ name: r, upstream: both }]
         "upstreams.no_path.discovery.path",
         "upstreams.fast.discovery.interval: at least 100ms",
         "upstreams.hashed.slow_start: does not apply to consistent_hash",
+        "routes[1].timeout.per_try: must be at least 1ms",
+        "routes[2].timeout: must be at least 1ms",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
+    let text = r#"
+listeners: [{ name: public, address: "127.0.0.1:1" }]
+upstreams: { u: { endpoints: ["http://a:1"] } }
+routes: [{ name: r, upstream: u, timeout: { total: 1s, retry: 2 } }, { name: s, upstream: u, timeout: [1s] }]
+"#;
+    let text = compile_text(text, Vars::default()).unwrap_err().to_string();
+    assert!(text.contains("routes[0].timeout.retry: unknown field"), "{text}");
+    assert!(text.contains("routes[1].timeout"), "{text}");
 }

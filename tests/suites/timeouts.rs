@@ -44,6 +44,43 @@ routes:
 }
 
 #[tokio::test]
+async fn a_routes_per_try_timeout_moves_a_hanging_try_to_another_endpoint() {
+    let hang = Upstream::start("hang", UpstreamBehaviour::Hang);
+    let good = Upstream::echo("good");
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app:
+    endpoints: ["{}", "{}"]
+    retries: {{ attempts: 1, on: [timeout], backoff: 1ms }}
+    passive_health: {{ consecutive_failures: 0 }}
+routes:
+  - {{ name: patient, match: {{ path: /patient }}, upstream: app, timeout: 1s }}
+  - {{ name: eager, match: {{ path: /eager }}, upstream: app, timeout: {{ per_try: 150ms, total: 3s }} }}
+"#,
+        hang.url(),
+        good.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    // Every other try lands on the hanging endpoint: after 150ms it is tried again elsewhere.
+    for i in 0..6 {
+        let started = Instant::now();
+        let reply = client.get("/eager").await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert!(started.elapsed() < Duration::from_millis(1500), "request {i} took {:?}", started.elapsed());
+    }
+    assert!(hang.requests() >= 2, "the hanging endpoint was tried: {}", hang.requests());
+    // Without a per-try timeout the upstream's (60s) applies: the route's total cuts it off.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::connect(gw.addr()).await;
+        let reply = client.get("/patient").await;
+        statuses.push((reply.status.as_u16(), reply.error_code()));
+    }
+    assert!(statuses.contains(&(504, "route_timeout".to_owned())), "{statuses:?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_endpoint_gets_a_connect_timeout() {
     // A listener whose accept queue is full and never drained: further SYNs are dropped, so a
     // connect neither succeeds nor fails until the client gives up.
@@ -62,7 +99,10 @@ async fn an_unreachable_endpoint_gets_a_connect_timeout() {
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:
   blackhole: {{ endpoints: ["http://{addr}"], timeouts: {{ connect: 300ms, response_header: 100ms }} }}
-routes: [{{ name: all, upstream: blackhole }}]
+  patient: {{ endpoints: ["http://{addr}"], timeouts: {{ connect: 30s }} }}
+routes:
+  - {{ name: all, upstream: blackhole }}
+  - {{ name: own, match: {{ path: /own }}, upstream: patient, timeout: {{ connect: 200ms }} }}
 "#
     ));
     let started = Instant::now();
@@ -70,6 +110,11 @@ routes: [{{ name: all, upstream: blackhole }}]
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert_eq!(reply.error_code(), "upstream_connect_timeout", "the response-head timeout starts after connecting");
     assert!(started.elapsed() < Duration::from_secs(2));
+    // A route's connect timeout replaces its upstream's.
+    let started = Instant::now();
+    let reply = get(gw.addr(), "/own").await;
+    assert_eq!(reply.error_code(), "upstream_connect_timeout", "{}", reply.text());
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
