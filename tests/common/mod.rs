@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod grpc_health;
 pub mod redis;
 pub mod upstream;
 
@@ -15,6 +16,8 @@ use gatehouse::{Gateway, StartOptions};
 
 #[allow(unused_imports)]
 pub use client::{Client, RawConn, Reply, get};
+#[allow(unused_imports)]
+pub use grpc_health::GrpcHealth;
 #[allow(unused_imports)]
 pub use upstream::{Upstream, UpstreamBehaviour};
 

@@ -65,7 +65,13 @@ impl Upstream {
     }
 
     pub fn start(name: &str, behaviour: UpstreamBehaviour) -> Upstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Self::start_on("127.0.0.1", name, behaviour)
+    }
+
+    /// An upstream on another loopback address (`127.0.0.2`, …), for tests that need endpoints
+    /// told apart by host rather than port.
+    pub fn start_on(ip: &str, name: &str, behaviour: UpstreamBehaviour) -> Upstream {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
