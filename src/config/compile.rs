@@ -484,10 +484,33 @@ fn upstreams(
 fn check_settings(
     c: &crate::config::HealthCheckConfig,
 ) -> Result<crate::upstream::active::CheckSettings, (String, String)> {
+    use crate::config::HealthCheckKind;
     use crate::upstream::active::{CheckKind, CheckSettings, parse_status_range};
+    if c.port == Some(0) {
+        return Err(("port".into(), "a port from 1 to 65535".into()));
+    }
+    if !c.service.is_empty() && c.kind != HealthCheckKind::Grpc {
+        return Err(("service".into(), "applies to `type: grpc` only".into()));
+    }
     let kind = match c.kind {
-        crate::config::HealthCheckKind::Tcp => CheckKind::Tcp,
-        crate::config::HealthCheckKind::Http => {
+        HealthCheckKind::Tcp => CheckKind::Tcp,
+        HealthCheckKind::Grpc => {
+            // The HTTP check's fields mean nothing to a gRPC check: say so rather than ignore them.
+            let defaults = crate::config::HealthCheckConfig::default();
+            let http_only = [
+                ("path", c.path != defaults.path),
+                ("expect_status", c.expect_status != defaults.expect_status),
+                ("body_contains", c.body_contains.is_some()),
+            ];
+            if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
+                return Err(((*field).into(), "applies to `type: http` only".into()));
+            }
+            if let Some(authority) = c.host.as_ref().filter(|h| h.parse::<http::uri::Authority>().is_err()) {
+                return Err(("host".into(), format!("\"{authority}\" is not a host[:port]")));
+            }
+            CheckKind::Grpc { service: c.service.clone(), authority: c.host.clone() }
+        }
+        HealthCheckKind::Http => {
             if !c.path.starts_with('/') || c.path.parse::<http::Uri>().is_err() {
                 return Err(("path".into(), format!("\"{}\" is not a path starting with /", c.path)));
             }
@@ -519,6 +542,7 @@ fn check_settings(
     }
     Ok(CheckSettings {
         kind,
+        port: c.port,
         interval,
         timeout,
         healthy_threshold: c.healthy_threshold,

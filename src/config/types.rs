@@ -515,14 +515,22 @@ pub enum AllUnhealthyConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
-    /// `http` (default) or `tcp` (a connection is enough).
+    /// `http` (default), `grpc` (the gRPC health protocol over cleartext HTTP/2) or `tcp` (a
+    /// connection is enough).
     #[serde(rename = "type")]
     pub kind: HealthCheckKind,
+    /// Probe this port instead of the endpoint's (a separate health or admin port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub port: Option<u16>,
     /// `http`: the path asked for.
     pub path: String,
-    /// `http`: the Host header. Default: the endpoint's host:port.
+    /// `http`: the Host header; `grpc`: the `:authority`. Default: the host and port probed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `grpc`: the service asked about (`grpc.health.v1`). Default (empty): the whole server.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
     /// `http`: accepted statuses: `200`, `200-399`, `2xx`. Default `[200-399]`.
     pub expect_status: Vec<String>,
     /// `http`: the body must contain this text.
@@ -541,6 +549,7 @@ pub struct HealthCheckConfig {
 pub enum HealthCheckKind {
     #[default]
     Http,
+    Grpc,
     Tcp,
 }
 
@@ -548,8 +557,10 @@ impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
             kind: HealthCheckKind::Http,
+            port: None,
             path: "/health".into(),
             host: None,
+            service: String::new(),
             expect_status: vec!["200-399".into()],
             body_contains: None,
             interval: DurationValue::secs(5),

@@ -1,6 +1,7 @@
 //! Active health checks: a prober per endpoint asks it regularly whether it is well (an HTTP
-//! request, or a TCP connection), and takes it out of rotation after `unhealthy_threshold`
-//! failures in a row, back in after `healthy_threshold` successes.
+//! request, a gRPC health call — `active/grpc.rs` — or a TCP connection), and takes it out of
+//! rotation after `unhealthy_threshold` failures in a row, back in after `healthy_threshold`
+//! successes.
 //!
 //! Probers run on one background thread of their own, never on the workers. They live in the
 //! registry: a reload that keeps an endpoint and its check keeps the prober and what it learned;
@@ -18,10 +19,14 @@ use tokio::net::TcpStream;
 
 use super::EndpointState;
 
+mod grpc;
+
 /// How an endpoint is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckSettings {
     pub kind: CheckKind,
+    /// Probe this port instead of the endpoint's (a separate health or admin port).
+    pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,
@@ -38,7 +43,17 @@ pub enum CheckKind {
         statuses: Vec<(u16, u16)>,
         body_contains: Option<String>,
     },
+    /// `grpc.health.v1.Health/Check` over cleartext HTTP/2.
+    Grpc {
+        /// The service asked about; empty: the whole server.
+        service: String,
+        /// The `:authority`; default: the host and port probed.
+        authority: Option<String>,
+    },
 }
+
+/// Sent with every probe, so endpoints can tell checks from traffic in their logs.
+pub(super) const USER_AGENT: &str = concat!("gatehouse-health/", env!("CARGO_PKG_VERSION"));
 
 /// A running prober; stops when dropped.
 pub struct Prober {
@@ -53,7 +68,7 @@ impl Drop for Prober {
 }
 
 impl Prober {
-    /// Starts probing `host:port` every `settings.interval`.
+    /// Starts probing `host:port` (or `settings.port`) every `settings.interval`.
     pub fn start(
         state: Arc<EndpointState>,
         url: Arc<str>,
@@ -61,6 +76,7 @@ impl Prober {
         port: u16,
         settings: CheckSettings,
     ) -> Arc<Prober> {
+        let port = settings.port.unwrap_or(port);
         let prober = Arc::new(Prober { state: state.clone() });
         let weak: Weak<Prober> = Arc::downgrade(&prober);
         runtime().spawn(async move {
@@ -135,20 +151,24 @@ async fn probe(host: &str, port: u16, settings: &CheckSettings) -> Result<(), St
 
 async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), String> {
     let stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect: {e}"))?;
-    let CheckKind::Http { path, host: host_header, statuses, body_contains } = kind else {
-        return Ok(());
-    };
     let _ = stream.set_nodelay(true);
+    let (path, host_header, statuses, body_contains) = match kind {
+        CheckKind::Tcp => return Ok(()),
+        CheckKind::Grpc { service, authority } => {
+            let authority = authority.clone().unwrap_or_else(|| default_authority(host, port));
+            return grpc::check(stream, &authority, service).await;
+        }
+        CheckKind::Http { path, host, statuses, body_contains } => (path, host, statuses, body_contains),
+    };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let authority =
-        host_header.clone().unwrap_or_else(|| if port == 80 { host.to_owned() } else { format!("{host}:{port}") });
+    let authority = host_header.clone().unwrap_or_else(|| default_authority(host, port));
     let request = Request::get(path.as_str())
         .header(header::HOST, authority)
-        .header(header::USER_AGENT, concat!("gatehouse-health/", env!("CARGO_PKG_VERSION")))
+        .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
@@ -164,6 +184,13 @@ async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// `host:port` as a Host or `:authority` (the port left out when it is 80); the endpoint's host
+/// comes without brackets, so an IPv6 address gets them back here.
+fn default_authority(host: &str, port: u16) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    if port == 80 { host } else { format!("{host}:{port}") }
 }
 
 /// Parses `200`, `200-399` or `2xx` into an inclusive range.
@@ -197,5 +224,12 @@ mod tests {
         for bad in ["", "abc", "99", "700", "300-200", "9xx", "2x"] {
             assert!(parse_status_range(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn default_authorities_bracket_ipv6() {
+        assert_eq!(default_authority("users.internal", 80), "users.internal");
+        assert_eq!(default_authority("10.0.0.1", 50051), "10.0.0.1:50051");
+        assert_eq!(default_authority("::1", 8080), "[::1]:8080");
     }
 }

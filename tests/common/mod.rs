@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod grpc_health;
 pub mod redis;
 pub mod upstream;
 
@@ -16,6 +17,8 @@ use gatehouse::{Gateway, StartOptions};
 
 #[allow(unused_imports)]
 pub use client::{Client, RawConn, Reply, get};
+#[allow(unused_imports)]
+pub use grpc_health::GrpcHealth;
 #[allow(unused_imports)]
 pub use upstream::{Upstream, UpstreamBehaviour};
 

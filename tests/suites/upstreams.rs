@@ -1,10 +1,10 @@
-//! Upstreams with several endpoints: the balancing algorithms, passive health (ejection), and
+//! Upstreams with several endpoints: the balancing algorithms, passive and active health, and
 //! retries with their budget.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{Client, TestGateway, Upstream, UpstreamBehaviour};
+use crate::common::{Client, GrpcHealth, TestGateway, Upstream, UpstreamBehaviour};
 
 fn config(endpoints: &[&Upstream], upstream_settings: &str) -> String {
     let list = endpoints.iter().map(|u| format!("\"{}\"", u.url())).collect::<Vec<_>>().join(", ");
@@ -181,6 +181,12 @@ fn bad_upstream_settings_are_refused() {
         ("    retries: { attempts: 50 }", "at most 10"),
         ("    passive_health: { max_ejected_percent: 150 }", "at most 100"),
         ("    balance: fastest", "unknown variant"),
+        ("    health_check: { type: grpc, path: /healthz }", "path: applies to `type: http` only"),
+        ("    health_check: { type: grpc, expect_status: [2xx] }", "expect_status: applies to `type: http` only"),
+        ("    health_check: { type: grpc, host: \"not a host\" }", "is not a host[:port]"),
+        ("    health_check: { type: http, service: users.v1.Users }", "applies to `type: grpc` only"),
+        ("    health_check: { type: tcp, port: 0 }", "a port from 1 to 65535"),
+        ("    health_check: { type: grpc, port: 70000 }", "health_check.port: 70000 is out of range"),
     ] {
         let err = match TestGateway::try_start(&config(&[&a], settings)) {
             Ok(_) => panic!("accepted: {settings}"),
@@ -286,4 +292,76 @@ async fn a_tcp_check_notices_a_stopped_endpoint() {
     for i in 0..20 {
         assert_eq!(client.get("/x").await.status, 200, "request {i} went to the stopped endpoint");
     }
+}
+
+/// The endpoints that answer 20 requests in a row (a 503 counts as "503").
+async fn rotation(client: &mut Client) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let reply = client.get("/x").await;
+        seen.insert(if reply.status == 200 {
+            reply.json()["instance"].as_str().unwrap_or_default().to_owned()
+        } else {
+            reply.status.as_u16().to_string()
+        });
+    }
+    seen
+}
+
+/// Polls until the rotation is `want`, for at most 5 s.
+async fn wait_for_rotation(client: &mut Client, want: &[&str]) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let start = std::time::Instant::now();
+    loop {
+        let got = rotation(client).await;
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "after 5 s the rotation is {got:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Endpoints a (127.0.0.1) and b (127.0.0.2) serve HTTP; their gRPC health servers listen on one
+/// port of the same two addresses, which the check's `port` points at.
+fn grpc_checked(service: &str) -> (Upstream, Upstream, GrpcHealth, GrpcHealth, String) {
+    let a = Upstream::start_at("a", UpstreamBehaviour::Echo, "127.0.0.1:0");
+    let b = Upstream::start_at("b", UpstreamBehaviour::Echo, "127.0.0.2:0");
+    let (ha, hb) = GrpcHealth::pair();
+    let settings = format!(
+        "    health_check: {{ type: grpc, service: \"{service}\", port: {}, interval: 100ms, timeout: 90ms, unhealthy_threshold: 2, healthy_threshold: 2 }}\n    on_all_unhealthy: fail",
+        ha.port()
+    );
+    let yaml = config(&[&a, &b], &settings);
+    (a, b, ha, hb, yaml)
+}
+
+#[tokio::test]
+async fn grpc_health_checks_take_endpoints_out_and_back() {
+    use tonic_health::ServingStatus;
+    let (_a, _b, _ha, hb, yaml) = grpc_checked("");
+    let gw = TestGateway::start(&yaml);
+    let mut client = Client::connect(gw.addr()).await;
+    // Checks have run (and passed) for a while: with `fail`, failing ones would show as 503.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rotation(&mut client).await, ["a", "b"].map(String::from).into());
+
+    hb.set("", ServingStatus::NotServing).await;
+    wait_for_rotation(&mut client, &["a"]).await;
+    hb.set("", ServingStatus::Serving).await;
+    wait_for_rotation(&mut client, &["a", "b"]).await;
+}
+
+#[tokio::test]
+async fn a_grpc_check_of_a_service_the_server_does_not_know_fails() {
+    use tonic_health::ServingStatus;
+    let (_a, _b, ha, _hb, yaml) = grpc_checked("users.v1.Users");
+    // Only a's health server knows the service; b's answers NOT_FOUND.
+    ha.set("users.v1.Users", ServingStatus::Serving).await;
+    let gw = TestGateway::start(&yaml);
+    let mut client = Client::connect(gw.addr()).await;
+    wait_for_rotation(&mut client, &["a"]).await;
+    // And it stays that way: a is checked for the service, and passes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rotation(&mut client).await, ["a"].map(String::from).into());
 }
