@@ -584,7 +584,7 @@ pub struct CircuitBreakerConfig {
     pub open_for: DurationValue,
     /// Then this many probe requests go through; all succeed → closed, one fails → open again.
     pub half_open_requests: u64,
-    /// The most requests waiting for the upstream's response at once (0: no cap).
+    /// The most requests in flight to the upstream at once, response bodies included (0: no cap).
     pub max_requests: u64,
 }
 

@@ -106,15 +106,17 @@ impl Tries<'_> {
                     });
                 }
             };
-            let in_flight = InFlight::new(&endpoint.state);
+            // Counted by the endpoint and the breaker until the response body has been sent, or
+            // until this future is dropped (the client went away, the route's timeout ran out).
+            let mut in_flight = InFlight::new(&endpoint.state, ticket);
             let started = Instant::now();
             let result = client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await;
-            if let (Some(breaker), Some(ticket)) = (&upstream.breaker, ticket) {
+            if upstream.breaker.is_some() {
                 let failed = match &result {
                     Ok((response, _)) => response.status().is_server_error(),
                     Err((error, _)) => !super::error::is_client_fault(error),
                 };
-                breaker.finish(ticket, failed, clock::tick());
+                in_flight.finish(failed, clock::tick());
             }
             match result {
                 Ok((response, checkout)) => {

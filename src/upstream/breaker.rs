@@ -6,10 +6,16 @@
 //! upstream, which gets time to recover. Then it is half-open: up to `half_open_requests` requests
 //! go through as probes; if they all succeed the breaker closes, if one fails it opens again.
 //!
+//! A request holds a `Ticket` from admission until its response body has been sent (or it was
+//! abandoned): that is what `max_requests` counts. A ticket dropped without an outcome — the
+//! client went away, the route's timeout ran out — gives back its place, and a half-open probe's
+//! place too, so cancelled requests can neither fill the cap for ever nor keep the breaker
+//! half-open with probes that will never report.
+//!
 //! The state lives in the registry, so a reload that keeps the upstream keeps its breaker.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The settings of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +64,9 @@ struct Inner {
     /// Half-open: probes let through, and how many succeeded.
     probes: u64,
     successes: u64,
+    /// Counts the times the breaker opened: a probe from an earlier half-open period no longer
+    /// holds a place in the current one.
+    opened: u64,
 }
 
 /// Why a request may not go to the upstream.
@@ -67,10 +76,35 @@ pub enum Refusal {
     Overloaded,
 }
 
-/// A request admitted by the breaker: report its outcome with `Breaker::finish`; dropping it
-/// unreported counts it as neither (the client went away).
+/// A request admitted by the breaker, counted in flight while this lives. Report its outcome
+/// with `finish`; dropping it unreported counts it as neither success nor failure.
 pub struct Ticket {
-    probe: bool,
+    breaker: Arc<Breaker>,
+    /// A half-open probe of the period that began after the `opened`-th opening.
+    probe: Option<u64>,
+    reported: bool,
+}
+
+impl Ticket {
+    /// Reports how the request went (the response head, or the failure): once.
+    pub fn finish(&mut self, failed: bool, now_ms: u64) {
+        if !self.reported {
+            self.reported = true;
+            self.breaker.record(self.probe.is_some(), failed, now_ms);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.breaker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(period), false) = (self.probe, self.reported) {
+            let mut inner = self.breaker.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.state == BreakerState::HalfOpen && inner.opened == period {
+                inner.probes = inner.probes.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl Breaker {
@@ -85,6 +119,7 @@ impl Breaker {
                 open_until: 0,
                 probes: 0,
                 successes: 0,
+                opened: 0,
             }),
             in_flight: AtomicU64::new(0),
         }
@@ -100,8 +135,8 @@ impl Breaker {
         inner.state
     }
 
-    /// Asks to send a request. On `Ok`, the caller must call `finish` with the outcome.
-    pub fn admit(&self, now_ms: u64) -> Result<Ticket, Refusal> {
+    /// Asks to send a request. On `Ok`, the ticket counts the request until it is dropped.
+    pub fn admit(self: &Arc<Self>, now_ms: u64) -> Result<Ticket, Refusal> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.advance(&mut inner, now_ms);
         let probe = match inner.state {
@@ -118,16 +153,19 @@ impl Breaker {
             inner.probes += 1;
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Ticket { probe })
+        Ok(Ticket { breaker: self.clone(), probe: probe.then_some(inner.opened), reported: false })
     }
 
-    /// Reports how an admitted request went.
-    pub fn finish(&self, ticket: Ticket, failed: bool, now_ms: u64) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// Requests admitted and not finished yet (their tickets alive).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn record(&self, probe: bool, failed: bool, now_ms: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         self.advance(&mut inner, now_ms);
         match inner.state {
-            BreakerState::HalfOpen if ticket.probe => {
+            BreakerState::HalfOpen if probe => {
                 if failed {
                     self.open(&mut inner, now_ms);
                 } else {
@@ -155,16 +193,12 @@ impl Breaker {
         }
     }
 
-    /// A ticket whose request never got an outcome (the client went away).
-    pub fn abandon(&self, _ticket: Ticket) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-
     fn open(&self, inner: &mut Inner, now_ms: u64) {
         if inner.state != BreakerState::Open {
             tracing::warn!("circuit breaker open for {} ms: too many failures", self.settings.open_ms);
         }
         inner.state = BreakerState::Open;
+        inner.opened += 1;
         inner.open_until = now_ms + self.settings.open_ms;
     }
 
@@ -203,15 +237,18 @@ mod tests {
         max_requests: 0,
     };
 
-    fn run(b: &Breaker, now: u64, failed: bool) -> Result<(), Refusal> {
-        let ticket = b.admit(now)?;
-        b.finish(ticket, failed, now);
+    fn run(b: &Arc<Breaker>, now: u64, failed: bool) -> Result<(), Refusal> {
+        b.admit(now)?.finish(failed, now);
         Ok(())
+    }
+
+    fn breaker(settings: BreakerSettings) -> Arc<Breaker> {
+        Arc::new(Breaker::new(settings))
     }
 
     #[test]
     fn the_breaker_opens_half_opens_and_closes() {
-        let b = Breaker::new(SETTINGS);
+        let b = breaker(SETTINGS);
         let t = 1_000_000;
         // 9 failures are not enough: fewer than min_requests.
         for _ in 0..9 {
@@ -225,31 +262,30 @@ mod tests {
         // Three probes; a fourth waits for their outcome.
         let probes: Vec<_> = (0..3).map(|_| b.admit(t + 30_000).unwrap()).collect();
         assert_eq!(b.admit(t + 30_000).err(), Some(Refusal::Open));
-        for p in probes {
-            b.finish(p, false, t + 30_001);
+        for mut p in probes {
+            p.finish(false, t + 30_001);
         }
         assert_eq!(b.state(t + 30_001), BreakerState::Closed, "all probes succeeded");
     }
 
     #[test]
     fn a_failed_probe_opens_again_and_healthy_traffic_stays_closed() {
-        let b = Breaker::new(SETTINGS);
+        let b = breaker(SETTINGS);
         let t = 1_000_000;
         for _ in 0..10 {
             run(&b, t, true).unwrap();
         }
-        let probe = b.admit(t + 30_000).unwrap();
-        b.finish(probe, true, t + 30_000);
+        b.admit(t + 30_000).unwrap().finish(true, t + 30_000);
         assert_eq!(b.state(t + 30_000), BreakerState::Open);
         assert_eq!(b.state(t + 59_999), BreakerState::Open);
 
-        let healthy = Breaker::new(SETTINGS);
+        let healthy = breaker(SETTINGS);
         for i in 0..1000 {
             run(&healthy, t + i * 10, i % 3 == 0).unwrap();
         }
         assert_eq!(healthy.state(t + 10_000), BreakerState::Closed, "a third failing is under the ratio");
         // Old failures leave the window.
-        let b = Breaker::new(SETTINGS);
+        let b = breaker(SETTINGS);
         for _ in 0..9 {
             run(&b, t, true).unwrap();
         }
@@ -262,11 +298,49 @@ mod tests {
 
     #[test]
     fn max_requests_caps_what_is_in_flight() {
-        let b = Breaker::new(BreakerSettings { max_requests: 2, ..SETTINGS });
-        let one = b.admit(0).unwrap();
+        let b = breaker(BreakerSettings { max_requests: 2, ..SETTINGS });
+        let mut one = b.admit(0).unwrap();
         let _two = b.admit(0).unwrap();
         assert_eq!(b.admit(0).err(), Some(Refusal::Overloaded));
-        b.finish(one, false, 0);
+        // Reporting the outcome (the response head) does not end the request: its body is still
+        // being sent.
+        one.finish(false, 0);
+        assert_eq!(b.admit(0).err(), Some(Refusal::Overloaded));
+        drop(one);
         assert!(b.admit(0).is_ok());
+        assert_eq!(b.in_flight(), 1, "the ticket of the line above is gone again");
+    }
+
+    #[test]
+    fn abandoned_requests_give_back_their_places_and_probes() {
+        let b = breaker(BreakerSettings { max_requests: 3, ..SETTINGS });
+        // Cancelled requests (dropped unreported) do not fill the cap.
+        for _ in 0..100 {
+            drop(b.admit(0).unwrap());
+        }
+        assert_eq!(b.in_flight(), 0);
+        let t = 1_000_000;
+        for _ in 0..10 {
+            run(&b, t, true).unwrap();
+        }
+        // Half-open: three probes are abandoned (the clients went away); three others may go.
+        let abandoned: Vec<_> = (0..3).map(|_| b.admit(t + 30_000).unwrap()).collect();
+        assert_eq!(b.admit(t + 30_000).err(), Some(Refusal::Open));
+        drop(abandoned);
+        for _ in 0..3 {
+            run(&b, t + 30_001, false).unwrap();
+        }
+        assert_eq!(b.state(t + 30_001), BreakerState::Closed);
+        // A probe of an earlier half-open period frees nothing in a later one.
+        for _ in 0..10 {
+            run(&b, t + 40_000, true).unwrap();
+        }
+        let stale = b.admit(t + 70_000).unwrap();
+        b.admit(t + 70_000).unwrap().finish(true, t + 70_000);
+        let (a, c) = (b.admit(t + 100_000).unwrap(), b.admit(t + 100_000).unwrap());
+        drop(stale);
+        let _d = b.admit(t + 100_000).unwrap();
+        assert_eq!(b.admit(t + 100_000).err(), Some(Refusal::Open), "the stale probe freed a place");
+        drop((a, c));
     }
 }

@@ -232,13 +232,21 @@ impl Upstream {
     }
 }
 
-/// One request in flight at an endpoint: counted while this lives.
-pub struct InFlight(Arc<EndpointState>);
+/// One request in flight at an endpoint: counted while this lives (until its response body has
+/// been sent), by the endpoint and by the upstream's circuit breaker.
+pub struct InFlight(Arc<EndpointState>, Option<breaker::Ticket>);
 
 impl InFlight {
-    pub fn new(state: &Arc<EndpointState>) -> InFlight {
+    pub fn new(state: &Arc<EndpointState>, ticket: Option<breaker::Ticket>) -> InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(state.clone())
+        InFlight(state.clone(), ticket)
+    }
+
+    /// Reports the outcome to the circuit breaker, if the upstream has one.
+    pub fn finish(&mut self, failed: bool, now_ms: u64) {
+        if let Some(ticket) = &mut self.1 {
+            ticket.finish(failed, now_ms);
+        }
     }
 }
 

@@ -233,6 +233,39 @@ async fn the_circuit_breaker_opens_probes_and_closes() {
     }
 }
 
+#[tokio::test]
+async fn cancelled_requests_give_back_their_place_under_max_requests() {
+    // Every request hangs until the route's timeout cancels it. Were a cancelled request still
+    // counted, two of them would fill max_requests for ever and later ones get 503.
+    let hang = Upstream::start("hang", UpstreamBehaviour::Hang);
+    let list = format!("\"{}\"", hang.url());
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app:
+    endpoints: [{list}]
+    retries: {{ attempts: 0 }}
+    passive_health: {{ consecutive_failures: 0 }}
+    circuit_breaker: {{ max_requests: 2, min_requests: 1000 }}
+routes:
+  - {{ name: all, match: {{ path: "/**" }}, upstream: app, timeout: 100ms }}
+"#
+    ));
+    for i in 0..6 {
+        let reply = crate::common::get(gw.addr(), "/x").await;
+        assert_eq!(reply.error_code(), "route_timeout", "request {i}: {}", reply.text());
+    }
+    // And the cap itself holds: with two requests hanging, a third is refused at once.
+    let (one, two) = (gw.addr(), gw.addr());
+    let first = tokio::spawn(async move { crate::common::get(one, "/slow").await });
+    let second = tokio::spawn(async move { crate::common::get(two, "/slow").await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let third = crate::common::get(gw.addr(), "/x").await;
+    assert_eq!(third.error_code(), "upstream_overloaded", "{}", third.text());
+    assert_eq!(first.await.unwrap().error_code(), "route_timeout");
+    assert_eq!(second.await.unwrap().error_code(), "route_timeout");
+}
+
 /// An upstream whose `/health` answers 200 or 503 as `well` says, and echoes everything else.
 fn checkable(name: &'static str, well: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Upstream {
     use std::sync::atomic::Ordering;
