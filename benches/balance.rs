@@ -61,3 +61,29 @@ fn consistent_hash(bencher: Bencher, n: usize) {
     let names: Vec<&str> = list.iter().map(|e| &*e.url).collect();
     run(bencher, Balancer::ring(&names, &vec![1; n]), n, true);
 }
+
+/// The whole of step 6 as a request runs it: load the upstream's current members (one `ArcSwap`
+/// load), pick among 10 endpoints round-robin, take a reference to the endpoint. `warming`: every
+/// endpoint has just become available under a long `slow_start`, so most picks are drawn again
+/// (up to four times): the worst case of slow start.
+#[divan::bench(args = [false, true])]
+fn select(bencher: Bencher, warming: bool) {
+    use gatehouse::upstream::discovery::Target;
+    use gatehouse::upstream::{MemberSpec, Members, PoolSettings, Upstream};
+    let registry = gatehouse::state::registry::Registry::new();
+    let spec = MemberSpec {
+        upstream: Arc::from("bench"),
+        balance: gatehouse::config::BalanceConfig::RoundRobin,
+        check: None,
+    };
+    let targets: Vec<Target> = (0..10).map(|i| Target::new(&format!("10.0.0.{i}"), 8080, 1, None)).collect();
+    let members = Members::build(&spec, &targets, &registry, false);
+    let first = members.endpoints[0].clone();
+    let pool = PoolSettings { max_idle_per_endpoint: 1, idle_timeout: std::time::Duration::from_secs(30) };
+    let timeout = std::time::Duration::from_secs(1);
+    let mut upstream = Upstream::single("bench", first, timeout, timeout, pool);
+    upstream.members = Arc::new(arc_swap::ArcSwap::from_pointee(members));
+    upstream.slow_start_ms = if warming { 3_600_000 } else { 0 };
+    let now_ms = gatehouse::transport::clock::now_ms();
+    bencher.bench_local(|| black_box(upstream.select(Pick { now_ms, ..Pick::default() })).map(|e| e.state.id));
+}
