@@ -71,11 +71,8 @@ fn select(bencher: Bencher, warming: bool) {
     use gatehouse::upstream::discovery::Target;
     use gatehouse::upstream::{MemberSpec, Members, PoolSettings, Upstream};
     let registry = gatehouse::state::registry::Registry::new();
-    let spec = MemberSpec {
-        upstream: Arc::from("bench"),
-        balance: gatehouse::config::BalanceConfig::RoundRobin,
-        check: None,
-    };
+    let spec =
+        MemberSpec { upstream: Arc::from("bench"), balance: gatehouse::config::BalanceConfig::RoundRobin, check: None };
     let targets: Vec<Target> = (0..10).map(|i| Target::new(&format!("10.0.0.{i}"), 8080, 1, None)).collect();
     let members = Members::build(&spec, &targets, &registry, false);
     let first = members.endpoints[0].clone();

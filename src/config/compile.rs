@@ -471,6 +471,7 @@ fn upstreams(
                     open_ms: c.open_for.get().as_millis() as u64,
                     half_open_requests: c.half_open_requests,
                     max_requests: c.max_requests,
+                    max_pending: c.max_pending,
                 };
                 Some(registry.breaker(&format!("{name}|{settings:?}"), settings))
             }),

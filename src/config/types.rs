@@ -586,6 +586,9 @@ pub struct CircuitBreakerConfig {
     pub half_open_requests: u64,
     /// The most requests in flight to the upstream at once, response bodies included (0: no cap).
     pub max_requests: u64,
+    /// The most connections being opened to the upstream at once (0: no cap): when its endpoints
+    /// are slow to accept, requests that would wait for yet another connection are refused.
+    pub max_pending: u64,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -597,6 +600,7 @@ impl Default for CircuitBreakerConfig {
             open_for: DurationValue::secs(30),
             half_open_requests: 5,
             max_requests: 0,
+            max_pending: 0,
         }
     }
 }

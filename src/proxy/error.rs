@@ -230,6 +230,7 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Connect { .. } => ProxyError::UpstreamUnavailable(err.to_string()),
             UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
             UpstreamError::ResponseTimeout { after, .. } => ProxyError::UpstreamTimeout(after),
+            UpstreamError::TooManyConnecting { upstream } => ProxyError::UpstreamOverloaded(upstream),
             UpstreamError::Exchange { ref source, .. } => match client_body_failure(source) {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge { limit: *limit },
                 Some(_) => ProxyError::BadRequest("the request body is malformed or was cut off".into()),
@@ -250,10 +251,15 @@ fn www_authenticate(error: Option<&str>, description: &str) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gatehouse\""))
 }
 
-/// Whether an exchange failed because of the client's body (cut off, malformed, too large) rather
-/// than because of the upstream.
+/// Whether an exchange failed for a reason that is not the upstream's: the client's body (cut
+/// off, malformed, too large), or the gateway's own cap on connections being opened.
 pub fn is_client_fault(err: &UpstreamError) -> bool {
-    matches!(err, UpstreamError::Exchange { source, .. } if client_body_failure(source).is_some())
+    match err {
+        UpstreamError::Exchange { source, .. } => client_body_failure(source).is_some(),
+        // Refused by the gateway's own cap: nothing reached the upstream.
+        UpstreamError::TooManyConnecting { .. } => true,
+        _ => false,
+    }
 }
 
 /// The client body's error, when an exchange failed because of it (bad chunking, the client went

@@ -27,6 +27,8 @@ pub struct BreakerSettings {
     pub half_open_requests: u64,
     /// Requests in flight at once to the upstream (0: no cap).
     pub max_requests: u64,
+    /// Connections being opened to the upstream at once (0: no cap).
+    pub max_pending: u64,
 }
 
 /// What the breaker is doing, for the admin API and metrics.
@@ -51,6 +53,16 @@ pub struct Breaker {
     settings: BreakerSettings,
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
+    connecting: AtomicU64,
+}
+
+/// A connection being opened to the upstream, counted against `max_pending` while this lives.
+pub struct Connecting(Arc<Breaker>);
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Inner {
@@ -122,7 +134,22 @@ impl Breaker {
                 opened: 0,
             }),
             in_flight: AtomicU64::new(0),
+            connecting: AtomicU64::new(0),
         }
+    }
+
+    /// Asks to open a connection: `Ok(None)` without a cap, `Err` when `max_pending` are already
+    /// being opened.
+    pub fn connecting(self: &Arc<Self>) -> Result<Option<Connecting>, Refusal> {
+        let max = self.settings.max_pending;
+        if max == 0 {
+            return Ok(None);
+        }
+        if self.connecting.fetch_add(1, Ordering::AcqRel) >= max {
+            self.connecting.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Overloaded);
+        }
+        Ok(Some(Connecting(self.clone())))
     }
 
     pub fn settings(&self) -> &BreakerSettings {
@@ -235,6 +262,7 @@ mod tests {
         open_ms: 30_000,
         half_open_requests: 3,
         max_requests: 0,
+        max_pending: 0,
     };
 
     fn run(b: &Arc<Breaker>, now: u64, failed: bool) -> Result<(), Refusal> {
@@ -309,6 +337,19 @@ mod tests {
         drop(one);
         assert!(b.admit(0).is_ok());
         assert_eq!(b.in_flight(), 1, "the ticket of the line above is gone again");
+    }
+
+    #[test]
+    fn max_pending_caps_connections_being_opened() {
+        let b = breaker(SETTINGS);
+        assert!(b.connecting().unwrap().is_none(), "no cap");
+        let b = breaker(BreakerSettings { max_pending: 2, ..SETTINGS });
+        let one = b.connecting().unwrap();
+        let two = b.connecting().unwrap();
+        assert!(one.is_some() && two.is_some());
+        assert!(b.connecting().is_err());
+        drop(one);
+        assert!(b.connecting().unwrap().is_some());
     }
 
     #[test]

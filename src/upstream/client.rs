@@ -31,6 +31,8 @@ pub enum UpstreamError {
     Exchange { endpoint: String, source: hyper::Error },
     #[error("upstream {endpoint} sent no response head within {after:?}")]
     ResponseTimeout { endpoint: String, after: Duration },
+    #[error("upstream {upstream} has circuit_breaker.max_pending connections being opened")]
+    TooManyConnecting { upstream: String },
 }
 
 /// A route's replacements for its upstream's connect and response-head timeouts.
@@ -74,7 +76,17 @@ pub async fn send_or_return(
             },
         }
     }
-    let mut sender = match connect(endpoint, connect_timeout).await {
+    let pending = match upstream.breaker.as_ref().map(|b| b.connecting()) {
+        Some(Err(_)) => {
+            let refused = UpstreamError::TooManyConnecting { upstream: upstream.name.to_string() };
+            return Err((refused, Some(request)));
+        }
+        Some(Ok(pending)) => pending,
+        None => None,
+    };
+    let connected = connect(endpoint, connect_timeout).await;
+    drop(pending);
+    let mut sender = match connected {
         Ok(sender) => sender,
         Err(e) => return Err((e, Some(request))),
     };

@@ -118,6 +118,51 @@ routes:
 }
 
 #[tokio::test]
+async fn max_pending_refuses_requests_beyond_the_connections_being_opened() {
+    // Connections to this address neither succeed nor fail until the connect timeout (see above).
+    let blocked = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    blocked.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    blocked.listen(0).unwrap();
+    let addr = blocked.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = TestGateway::start(&format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  slow_to_accept:
+    endpoints: ["http://{addr}"]
+    timeouts: {{ connect: 1s }}
+    retries: {{ attempts: 0 }}
+    circuit_breaker: {{ max_pending: 2, min_requests: 1000 }}
+routes: [{{ name: all, upstream: slow_to_accept }}]
+"#
+    ));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let at = gw.addr();
+            tokio::spawn(async move { get(at, "/").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let third = get(gw.addr(), "/").await;
+    assert_eq!(third.error_code(), "upstream_overloaded", "{}", third.text());
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once: {:?}", started.elapsed());
+    for w in waiting {
+        assert_eq!(w.await.unwrap().error_code(), "upstream_connect_timeout");
+    }
+    // The places are given back when the attempts end.
+    let again = get(gw.addr(), "/").await;
+    assert_eq!(again.error_code(), "upstream_connect_timeout");
+    drop(fillers);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_502_at_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = TestGateway::start(&format!(
