@@ -72,6 +72,8 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     reloads: Mutex<VecDeque<ReloadRecord>>,
     pub started: SystemTime,
+    /// Client connections open per listener (shared with the proxy).
+    pub open_connections: Arc<[std::sync::atomic::AtomicUsize]>,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl Shared {
         });
         match result {
             Ok(snapshot) => {
+                self.registry.metrics.reloaded(true);
                 let pending = self.pending_restart(&snapshot);
                 for setting in &pending {
                     tracing::warn!("{setting} changed: it takes effect after a restart");
@@ -97,6 +100,7 @@ impl Shared {
                 Ok(generation)
             }
             Err(errors) => {
+                self.registry.metrics.reloaded(false);
                 tracing::error!("config reload failed; the running config stays\n{errors}");
                 self.record(self.generation.load(Ordering::Relaxed), Err(&errors), Vec::new());
                 Err(errors)
@@ -142,6 +146,17 @@ impl Shared {
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
         &self.bound
     }
+
+    /// The `/metrics` exposition (OpenMetrics text when `openmetrics`).
+    pub fn metrics(&self, openmetrics: bool) -> String {
+        let snapshot = self.snapshot.load();
+        let live = crate::telemetry::metrics::Live {
+            generation: self.generation(),
+            snapshot: &snapshot,
+            connections: &self.open_connections,
+        };
+        self.registry.metrics.render(&crate::telemetry::metrics::live_registry(&live), openmetrics)
+    }
 }
 
 /// A running gateway.
@@ -172,6 +187,8 @@ impl Gateway {
         let ctx = Context { registry: &registry, bound: Some(&names), generation: 1, dry_run: false };
         let snapshot = compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))?;
         let admin_config = snapshot.config.admin.clone();
+        let open_connections: Arc<[std::sync::atomic::AtomicUsize]> =
+            (0..snapshot.listeners.len()).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
         let handle = SnapshotHandle::new(snapshot);
         let shared = Arc::new(Shared {
             snapshot: handle.clone(),
@@ -184,8 +201,9 @@ impl Gateway {
             reload_lock: Mutex::new(()),
             reloads: Mutex::new(VecDeque::new()),
             started: SystemTime::now(),
+            open_connections: open_connections.clone(),
         });
-        let proxy = Arc::new(HttpProxy::new(handle));
+        let proxy = Arc::new(HttpProxy::new(handle, open_connections));
         let admin = if admin_config.enabled {
             let address: SocketAddr = admin_config
                 .address

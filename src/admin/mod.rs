@@ -68,6 +68,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/reload", post(reload))
         .route("/consumers/{name}/usage", get(usage))
         .route("/upstreams", get(upstreams))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -100,6 +101,22 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         })
         .collect();
     Json(json!({"generation": snap.generation, "listeners": listeners}))
+}
+
+/// Prometheus metrics: OpenMetrics text when the scraper asks for it, else the classic text format.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    // Encoding walks every series: off the admin runtime's thread, which also serves /health.
+    let body = tokio::task::spawn_blocking(move || shared.metrics(openmetrics)).await.unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 /// Every upstream with its endpoints' live state (health, load, latency) and its breaker.

@@ -140,7 +140,8 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                 .find(|l| *l.name == *name)
                 .and_then(|l| l.max_connections)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-            ListenerSettings { name, address, table: RouteTable::build(table_specs), max_connections }
+            let unrouted = config.metrics.enabled.then(|| ctx.registry.metrics.route(&name, "", Vec::new()));
+            ListenerSettings { name, address, table: RouteTable::build(table_specs), max_connections, unrouted }
         })
         .collect();
 
@@ -476,6 +477,7 @@ fn upstreams(
                 Some(registry.breaker(&format!("{name}|{settings:?}"), settings))
             }),
             fail_when_all_down: u.on_all_unhealthy == Some(crate::config::AllUnhealthyConfig::Fail),
+            metrics: config.metrics.enabled.then(|| registry.metrics.upstream(name)),
         };
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }
@@ -1019,6 +1021,16 @@ fn routes(
             }
         }
 
+        let sides: Vec<Arc<str>> = match (&split, &upstream) {
+            (Some(split), _) => split.choices.iter().map(|(u, _)| u.name.clone()).collect(),
+            (None, Some(u)) => vec![u.name.clone()],
+            (None, None) => Vec::new(),
+        };
+        let route_metrics = if config.metrics.enabled {
+            listeners.iter().map(|(l, _)| env.registry.metrics.route(l, &name, sides.clone())).collect()
+        } else {
+            Vec::new()
+        };
         routes.push(Route {
             id,
             name: Arc::from(name.as_str()),
@@ -1033,6 +1045,7 @@ fn routes(
                 response_header: timeouts.per_try.map(|t| t.get()),
             },
             policies: route_policies,
+            metrics: route_metrics,
         });
         if let Some(spec) = spec {
             specs.push((spec, on));

@@ -47,6 +47,28 @@ pub struct LocalConfig {
     /// How upstream `discovery` resolves DNS names.
     #[serde(default, skip_serializing_if = "is_default_resolver")]
     pub resolver: ResolverConfig,
+    /// Prometheus metrics at the admin listener's `/metrics`.
+    #[serde(default, skip_serializing_if = "is_default_metrics")]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Count requests per route (on by default). Off: `/metrics` still shows what the gateway
+    /// tracks anyway (endpoints, breakers, connections, reloads).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
+
+fn is_default_metrics(m: &MetricsConfig) -> bool {
+    *m == MetricsConfig::default()
 }
 
 fn is_default_resolver(r: &ResolverConfig) -> bool {

@@ -118,6 +118,16 @@ impl Tries<'_> {
                 };
                 in_flight.finish(failed, clock::tick());
             }
+            if let Some(metrics) = &upstream.metrics {
+                match &result {
+                    Ok((response, _)) => {
+                        metrics.tried(Some(response.status().as_u16()), started.elapsed().as_secs_f64())
+                    }
+                    // The client's body broke, or the gateway's own cap refused: not the upstream's.
+                    Err((error, _)) if super::error::is_client_fault(error) => {}
+                    Err(_) => metrics.tried(None, 0.0),
+                }
+            }
             match result {
                 Ok((response, checkout)) => {
                     let done_ms = clock::now_ms();
@@ -160,6 +170,9 @@ impl Tries<'_> {
             }
             tried.push(endpoint.state.id);
             attempt += 1;
+            if let Some(metrics) = &upstream.metrics {
+                metrics.retried();
+            }
             let wait = retry.backoff(attempt);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;

@@ -38,14 +38,13 @@ use error::{ErrorSource, ProxyError};
 
 pub struct HttpProxy {
     pub snapshot: SnapshotHandle,
-    /// Client connections open on each listener, over all workers (for `max_connections`).
-    pub open_connections: Box<[std::sync::atomic::AtomicUsize]>,
+    /// Client connections open on each listener, over all workers (for `max_connections`, and
+    /// the metrics).
+    pub open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>,
 }
 
 impl HttpProxy {
-    pub fn new(snapshot: SnapshotHandle) -> HttpProxy {
-        let listeners = snapshot.load().listeners.len();
-        let open_connections = (0..listeners).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
+    pub fn new(snapshot: SnapshotHandle, open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>) -> Self {
         HttpProxy { snapshot, open_connections }
     }
 
@@ -68,6 +67,7 @@ impl HttpProxy {
                 method: req.method(),
                 uri: req.uri(),
                 user_agent: req.headers().get(header::USER_AGENT),
+                metrics: listener.unrouted.as_ref(),
             },
         );
         let mut exchange = Exchange {
@@ -204,7 +204,7 @@ impl Exchange<'_> {
         let route = snap.route(route_match.route);
         let policies = route.policies(self.conn.listener);
         let spec = listener.table.spec(route_match.route);
-        self.log.set_route(&route.name);
+        self.log.set_route(&route.name, route.metrics.get(self.conn.listener));
 
         if let (Some(cors), None) = (&policies.cors, &preflight) {
             if let Some(origin) = parts.headers.get(header::ORIGIN) {
@@ -260,6 +260,7 @@ impl Exchange<'_> {
             // Compile guarantees a route either has an upstream or answers by itself.
             (None, None) => return Err(ProxyError::NoEndpoint(route.name.to_string())),
         };
+        self.log.set_upstream_name(&upstream.name);
         let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);

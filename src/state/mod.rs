@@ -64,6 +64,8 @@ pub struct ListenerSettings {
     pub address: SocketAddr,
     pub table: RouteTable,
     pub max_connections: Option<usize>,
+    /// The metrics of requests that match no route (None: metrics off).
+    pub unrouted: Option<Arc<crate::telemetry::metrics::RouteMetrics>>,
 }
 
 /// Process-wide request handling settings, resolved from `server:`.
@@ -114,6 +116,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Connect and per-try timeouts that replace the upstream's for this route.
     pub try_timeouts: crate::upstream::client::TryTimeouts,
+    /// Metric handles by listener id (empty: metrics off).
+    pub metrics: Vec<Arc<crate::telemetry::metrics::RouteMetrics>>,
     /// The route's policies on each listener (indexed by listener id): global, listener and route
     /// policies merged.
     pub policies: Vec<RoutePolicies>,

@@ -28,6 +28,8 @@ pub struct Registry {
     discoveries: Shared<crate::upstream::discovery::Discovery>,
     resolvers: Shared<hickory_resolver::TokioResolver>,
     next_endpoint_id: AtomicU64,
+    /// The metric families: they live as long as the process, so counts continue across reloads.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// A balancer's moving part, shared across reloads of an unchanged upstream.

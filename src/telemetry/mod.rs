@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod logging;
+pub mod metrics;
 pub mod request_log;
 
 pub use access_log::AccessLogWriter;

@@ -15,6 +15,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::transport::conn::ConnState;
 
 use super::access_log::{AccessLogWriter, LogLine};
+use super::metrics::{RouteMetrics, method_class};
 
 pub struct RequestLog {
     start: Instant,
@@ -23,6 +24,13 @@ pub struct RequestLog {
     detail: Option<Box<Detail>>,
     finished: bool,
     head_fresh: bool,
+    /// The route's metric handles (the listener's unrouted ones until a route matches).
+    metrics: Option<Arc<RouteMetrics>>,
+    /// Which of the route's upstreams served the request (see `RouteMetrics::side_of`).
+    side: usize,
+    method: u8,
+    /// Request body bytes, counted when the access log or the metrics want them.
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 struct Detail {
@@ -41,7 +49,6 @@ struct Detail {
     consumer: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     upstream_latency: Option<Duration>,
-    bytes_in: Option<Arc<AtomicU64>>,
     error: Option<&'static str>,
 }
 
@@ -53,6 +60,8 @@ pub struct LogStart<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub user_agent: Option<&'a HeaderValue>,
+    /// The listener's metrics of requests that match no route.
+    pub metrics: Option<&'a Arc<RouteMetrics>>,
 }
 
 impl RequestLog {
@@ -74,11 +83,23 @@ impl RequestLog {
                 consumer: None,
                 upstream: None,
                 upstream_latency: None,
-                bytes_in: None,
                 error: None,
             })
         });
-        RequestLog { start, conn, status: 0, detail, finished: false, head_fresh }
+        let metrics = info.metrics.cloned();
+        let side = metrics.as_ref().map_or(0, |m| m.no_upstream());
+        RequestLog {
+            start,
+            conn,
+            status: 0,
+            detail,
+            finished: false,
+            head_fresh,
+            metrics,
+            side,
+            method: method_class(info.method),
+            bytes_in: None,
+        }
     }
 
     /// Whether the connection's raw copy of the request head belongs to this request.
@@ -117,9 +138,21 @@ impl RequestLog {
         }
     }
 
-    pub fn set_route(&mut self, name: &Arc<str>) {
+    /// The route that matched, with its metric handles on this listener.
+    pub fn set_route(&mut self, name: &Arc<str>, metrics: Option<&Arc<RouteMetrics>>) {
         if let Some(d) = &mut self.detail {
             d.route = Some(name.clone());
+        }
+        if let Some(m) = metrics {
+            self.side = m.no_upstream();
+            self.metrics = Some(m.clone());
+        }
+    }
+
+    /// The upstream the request goes to (for the metrics' `upstream` label).
+    pub fn set_upstream_name(&mut self, name: &str) {
+        if let Some(m) = &self.metrics {
+            self.side = m.side_of(name);
         }
     }
 
@@ -147,10 +180,12 @@ impl RequestLog {
         }
     }
 
-    /// A counter of request body bytes, when the access log wants it.
+    /// A counter of request body bytes, when the access log or the metrics want it.
     pub fn bytes_in_counter(&mut self) -> Option<Arc<AtomicU64>> {
-        let d = self.detail.as_mut()?;
-        Some(d.bytes_in.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone())
+        if self.detail.is_none() && self.metrics.is_none() {
+            return None;
+        }
+        Some(self.bytes_in.get_or_insert_with(|| Arc::new(AtomicU64::new(0))).clone())
     }
 
     /// Ends the request: `bytes_out` body bytes were sent; `complete` is false when the response
@@ -165,8 +200,12 @@ impl RequestLog {
         }
         self.finished = true;
         self.conn.end_request();
-        let Some(d) = self.detail.take() else { return };
         let status = if self.status == 0 { 499 } else { self.status };
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        if let Some(m) = &self.metrics {
+            m.record(self.side, self.method, status, self.start.elapsed().as_secs_f64(), bytes_in, bytes_out);
+        }
+        let Some(d) = self.detail.take() else { return };
         let line = LogLine {
             time: d.time,
             listener: &d.listener,
@@ -179,7 +218,7 @@ impl RequestLog {
             consumer: d.consumer.as_deref(),
             upstream: d.upstream.as_deref(),
             status,
-            bytes_in: d.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
+            bytes_in,
             bytes_out,
             duration: self.start.elapsed(),
             upstream_latency: d.upstream_latency,

@@ -47,6 +47,8 @@ pub struct Upstream {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// With no endpoint available: refuse (true) instead of using them all (panic mode).
     pub fail_when_all_down: bool,
+    /// Metric handles (None: metrics off, or one of gatehouse's own service calls).
+    pub metrics: Option<crate::telemetry::metrics::UpstreamMetrics>,
 }
 
 /// An upstream's endpoints as they are now, with the balancer that picks among them.
@@ -173,6 +175,7 @@ impl Upstream {
             budget: retry::RetryBudget::new(0, 0),
             breaker: None,
             fail_when_all_down: false,
+            metrics: None,
         }
     }
 

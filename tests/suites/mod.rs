@@ -11,6 +11,7 @@ mod forward_auth;
 mod hmac_auth;
 mod hostile;
 mod introspection;
+mod metrics;
 mod proxy;
 mod quota;
 mod rate_limit;

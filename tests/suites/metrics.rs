@@ -1,0 +1,144 @@
+//! Prometheus metrics at the admin listener's /metrics, scraped and parsed after known traffic.
+
+use std::collections::BTreeMap;
+
+use crate::common::{Client, TestGateway, Upstream, UpstreamBehaviour};
+
+/// `name{labels}` → value, from the text exposition; every sample line must parse.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(out.insert(series.to_owned(), value).is_none(), "series twice: {series}");
+    }
+    out
+}
+
+async fn scrape(gw: &TestGateway, accept: Option<&str>) -> (String, String) {
+    let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
+    let headers: Vec<(&str, &str)> = accept.map(|a| vec![("accept", a)]).unwrap_or_default();
+    let reply = admin.request("GET", "/metrics", &headers, "").await;
+    assert_eq!(reply.status, 200);
+    (reply.header("content-type").unwrap_or_default().to_owned(), reply.text())
+}
+
+fn config(app: &Upstream, failing: &Upstream, metrics: &str) -> String {
+    format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+{metrics}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+  failing: {{ endpoints: ["{}"], retries: {{ attempts: 1, on: ["503"] }}, passive_health: {{ consecutive_failures: 0 }} }}
+routes:
+  - {{ name: users, match: {{ path: "/users/**" }}, upstream: app }}
+  - {{ name: broken, match: {{ path: /broken }}, upstream: failing }}
+  - {{ name: teapot, match: {{ path: /teapot }}, policies: [{{ direct_response: {{ status: 418, body: "short and stout" }} }}] }}
+"#,
+        app.url(),
+        failing.url()
+    )
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_upstream_method_and_status_class() {
+    let app = Upstream::echo("app");
+    let failing = Upstream::start("failing", UpstreamBehaviour::Status(503));
+    let gw = TestGateway::start(&config(&app, &failing, ""));
+    let mut client = Client::connect(gw.addr()).await;
+    for i in 0..3 {
+        assert_eq!(client.get(&format!("/users/{i}")).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(client.request("POST", "/users/new", &[], "0123456789").await.status, 200);
+    }
+    assert_eq!(client.get("/broken").await.status, 503);
+    assert_eq!(client.get("/teapot").await.status, 418);
+    // Paths that match no route: one series, however many different paths.
+    for i in 0..50 {
+        assert_eq!(client.get(&format!("/random/{i}/{}", i * 7919)).await.status, 404);
+    }
+
+    let (content_type, text) = scrape(&gw, None).await;
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(text.contains("# TYPE gatehouse_requests_total counter"), "{text}");
+    assert!(!text.contains("# EOF"));
+    let s = samples(&text);
+    let requests = |route: &str, upstream: &str, method: &str, status: &str| {
+        let key = format!(
+            "gatehouse_requests_total{{listener=\"public\",route=\"{route}\",upstream=\"{upstream}\",method=\"{method}\",status=\"{status}\"}}"
+        );
+        s.get(&key).copied().unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    };
+    assert_eq!(requests("users", "app", "GET", "2xx"), 3.0);
+    assert_eq!(requests("users", "app", "POST", "2xx"), 2.0);
+    assert_eq!(requests("broken", "failing", "GET", "5xx"), 1.0);
+    assert_eq!(requests("teapot", "", "GET", "4xx"), 1.0);
+    assert_eq!(requests("", "", "GET", "4xx"), 50.0);
+    let request_series = s.keys().filter(|k| k.starts_with("gatehouse_requests_total{")).count();
+    assert_eq!(request_series, 5, "no other series: {text}");
+
+    // The histogram of the same requests: cumulative buckets ending in +Inf = count.
+    let labels = "listener=\"public\",route=\"users\",upstream=\"app\",method=\"GET\",status=\"2xx\"}";
+    let mut buckets: Vec<(f64, f64)> = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("gatehouse_request_duration_seconds_bucket{le=\"") && k.ends_with(labels))
+        .map(|(k, v)| {
+            let le = k.split('"').nth(1).unwrap();
+            (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(buckets.len(), 15, "14 bounds and +Inf: {text}");
+    assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 3.0));
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {buckets:?}");
+    let count_key = "gatehouse_request_duration_seconds_count{listener=\"public\",route=\"users\",upstream=\"app\",method=\"GET\",status=\"2xx\"}";
+    assert_eq!(s[count_key], 3.0);
+
+    // Bodies, tries, retries, endpoints, the config.
+    assert_eq!(s["gatehouse_request_body_bytes_total{listener=\"public\",route=\"users\"}"], 20.0);
+    assert!(s["gatehouse_response_body_bytes_total{listener=\"public\",route=\"users\"}"] > 0.0);
+    assert_eq!(
+        s["gatehouse_upstream_responses_total{upstream=\"failing\",outcome=\"5xx\"}"], 2.0,
+        "a try and its retry"
+    );
+    assert_eq!(s["gatehouse_upstream_retries_total{upstream=\"failing\"}"], 1.0);
+    assert_eq!(s["gatehouse_upstream_responses_total{upstream=\"app\",outcome=\"2xx\"}"], 5.0);
+    assert_eq!(s["gatehouse_upstream_response_header_seconds_count{upstream=\"app\"}"], 5.0);
+    let endpoint = format!("{{upstream=\"app\",endpoint=\"{}\"}}", app.url());
+    assert_eq!(s[&format!("gatehouse_upstream_endpoint_healthy{endpoint}")], 1.0);
+    assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 5.0);
+    assert_eq!(s[&format!("gatehouse_upstream_endpoint_in_flight{endpoint}")], 0.0);
+    assert_eq!(s["gatehouse_config_generation"], 1.0);
+    assert_eq!(s["gatehouse_connections_open{listener=\"public\"}"], 1.0, "this test's client");
+
+    // A reload keeps the counts; reloads are counted.
+    gw.reload_with(&config(&app, &failing, ""));
+    assert_eq!(client.get("/users/9").await.status, 200);
+    let (_, text) = scrape(&gw, None).await;
+    let s = samples(&text);
+    let key =
+        "gatehouse_requests_total{listener=\"public\",route=\"users\",upstream=\"app\",method=\"GET\",status=\"2xx\"}";
+    assert_eq!(s[key], 4.0, "{text}");
+    assert_eq!(s["gatehouse_config_reloads_total{result=\"ok\"}"], 1.0);
+    assert_eq!(s["gatehouse_config_generation"], 2.0);
+}
+
+#[tokio::test]
+async fn openmetrics_on_request_and_nothing_counted_when_off() {
+    let app = Upstream::echo("app");
+    let failing = Upstream::start("failing", UpstreamBehaviour::Status(503));
+    let gw = TestGateway::start(&config(&app, &failing, "metrics: { enabled: false }"));
+    let mut client = Client::connect(gw.addr()).await;
+    assert_eq!(client.get("/users/1").await.status, 200);
+    let (content_type, text) = scrape(&gw, Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")).await;
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE gatehouse_upstream_endpoint_requests counter"), "{text}");
+    let s = samples(&text.replace("# EOF\n", ""));
+    assert!(!s.keys().any(|k| k.starts_with("gatehouse_requests_total{")), "requests are not counted: {text}");
+    // What the gateway tracks anyway is still there.
+    let endpoint = format!("{{upstream=\"app\",endpoint=\"{}\"}}", app.url());
+    assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 1.0);
+}
