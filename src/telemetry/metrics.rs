@@ -55,6 +55,14 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    listener: String,
+    route: String,
+    /// The stable error code of the answer (`rate_limited`, `unauthorized`, `upstream_timeout` …).
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -78,6 +86,7 @@ pub struct Metrics {
     durations: Histograms<RequestLabels>,
     received: Family<RouteLabels, Counter>,
     sent: Family<RouteLabels, Counter>,
+    errors: Family<RejectionLabels, Counter>,
     upstream_outcomes: Family<UpstreamOutcomeLabels, Counter>,
     upstream_durations: Histograms<UpstreamLabels>,
     retries: Family<UpstreamLabels, Counter>,
@@ -103,6 +112,7 @@ impl Metrics {
         let durations = Histograms::<RequestLabels>::new_with_constructor(duration_histogram as fn() -> Histogram);
         let received = Family::<RouteLabels, Counter>::default();
         let sent = Family::<RouteLabels, Counter>::default();
+        let errors = Family::<RejectionLabels, Counter>::default();
         let upstream_outcomes = Family::<UpstreamOutcomeLabels, Counter>::default();
         let upstream_durations =
             Histograms::<UpstreamLabels>::new_with_constructor(duration_histogram as fn() -> Histogram);
@@ -121,6 +131,11 @@ impl Metrics {
         registry.register("request_body_bytes", "Request body bytes received, by route", received.clone());
         registry.register("response_body_bytes", "Response body bytes sent, by route", sent.clone());
         registry.register(
+            "errors",
+            "Requests the gateway refused or failed itself, by route and error code (rate_limited, quota_exceeded, unauthorized, upstream_timeout, …)",
+            errors.clone(),
+        );
+        registry.register(
             "upstream_responses",
             "Tries sent to an upstream, by outcome: the status class, or error (no response head)",
             upstream_outcomes.clone(),
@@ -138,6 +153,7 @@ impl Metrics {
             durations,
             received,
             sent,
+            errors,
             upstream_outcomes,
             upstream_durations,
             retries,
@@ -260,6 +276,13 @@ impl RouteMetrics {
     /// The side of `upstream`, the gateway's own when it is not one of this route's.
     pub fn side_of(&self, upstream: &str) -> usize {
         self.upstreams.iter().position(|u| &**u == upstream).unwrap_or(self.upstreams.len())
+    }
+
+    /// Counts an answer the gateway gave with an error code (a rejection by a policy, or a
+    /// failure to get an upstream's answer). Only on that path: the labels are looked up here.
+    pub fn errored(&self, code: &'static str) {
+        let labels = RejectionLabels { listener: self.listener.to_string(), route: self.route.to_string(), code };
+        self.metrics.errors.get_or_create(&labels).inc();
     }
 
     /// Counts one finished request.

@@ -174,7 +174,11 @@ impl RequestLog {
         }
     }
 
+    /// The error code of the gateway's own answer (counted in the metrics too).
     pub fn set_error(&mut self, code: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.errored(code);
+        }
         if let Some(d) = &mut self.detail {
             d.error = Some(code);
         }

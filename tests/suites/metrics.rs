@@ -35,6 +35,7 @@ routes:
   - {{ name: users, match: {{ path: "/users/**" }}, upstream: app }}
   - {{ name: broken, match: {{ path: /broken }}, upstream: failing }}
   - {{ name: teapot, match: {{ path: /teapot }}, policies: [{{ direct_response: {{ status: 418, body: "short and stout" }} }}] }}
+  - {{ name: limited, match: {{ path: /limited }}, upstream: app, policies: [{{ rate_limit: {{ key: client_ip, rate: 1/h }} }}] }}
 "#,
         app.url(),
         failing.url()
@@ -55,6 +56,11 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     }
     assert_eq!(client.get("/broken").await.status, 503);
     assert_eq!(client.get("/teapot").await.status, 418);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(client.get("/limited").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 429]);
     // Paths that match no route: one series, however many different paths.
     for i in 0..50 {
         assert_eq!(client.get(&format!("/random/{i}/{}", i * 7919)).await.status, 404);
@@ -76,8 +82,10 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     assert_eq!(requests("broken", "failing", "GET", "5xx"), 1.0);
     assert_eq!(requests("teapot", "", "GET", "4xx"), 1.0);
     assert_eq!(requests("", "", "GET", "4xx"), 50.0);
+    assert_eq!(requests("limited", "app", "GET", "2xx"), 1.0);
+    assert_eq!(requests("limited", "", "GET", "4xx"), 2.0, "refused before any upstream");
     let request_series = s.keys().filter(|k| k.starts_with("gatehouse_requests_total{")).count();
-    assert_eq!(request_series, 5, "no other series: {text}");
+    assert_eq!(request_series, 7, "no other series: {text}");
 
     // The histogram of the same requests: cumulative buckets ending in +Inf = count.
     let labels = "listener=\"public\",route=\"users\",upstream=\"app\",method=\"GET\",status=\"2xx\"}";
@@ -96,6 +104,15 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     let count_key = "gatehouse_request_duration_seconds_count{listener=\"public\",route=\"users\",upstream=\"app\",method=\"GET\",status=\"2xx\"}";
     assert_eq!(s[count_key], 3.0);
 
+    // The gateway's own error answers, by code.
+    assert_eq!(s["gatehouse_errors_total{listener=\"public\",route=\"\",code=\"route_not_found\"}"], 50.0);
+    assert_eq!(s["gatehouse_errors_total{listener=\"public\",route=\"limited\",code=\"rate_limited\"}"], 2.0);
+    // An upstream's own 503 is passed on, not a gateway error.
+    for route in ["users", "broken"] {
+        let label = format!("route=\"{route}\"");
+        assert!(!s.keys().any(|k| k.starts_with("gatehouse_errors_total{") && k.contains(&label)), "{text}");
+    }
+
     // Bodies, tries, retries, endpoints, the config.
     assert_eq!(s["gatehouse_request_body_bytes_total{listener=\"public\",route=\"users\"}"], 20.0);
     assert!(s["gatehouse_response_body_bytes_total{listener=\"public\",route=\"users\"}"] > 0.0);
@@ -104,11 +121,11 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
         "a try and its retry"
     );
     assert_eq!(s["gatehouse_upstream_retries_total{upstream=\"failing\"}"], 1.0);
-    assert_eq!(s["gatehouse_upstream_responses_total{upstream=\"app\",outcome=\"2xx\"}"], 5.0);
-    assert_eq!(s["gatehouse_upstream_response_header_seconds_count{upstream=\"app\"}"], 5.0);
+    assert_eq!(s["gatehouse_upstream_responses_total{upstream=\"app\",outcome=\"2xx\"}"], 6.0, "5 users and 1 limited");
+    assert_eq!(s["gatehouse_upstream_response_header_seconds_count{upstream=\"app\"}"], 6.0);
     let endpoint = format!("{{upstream=\"app\",endpoint=\"{}\"}}", app.url());
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_healthy{endpoint}")], 1.0);
-    assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 5.0);
+    assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 6.0);
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_in_flight{endpoint}")], 0.0);
     assert_eq!(s["gatehouse_config_generation"], 1.0);
     assert_eq!(s["gatehouse_connections_open{listener=\"public\"}"], 1.0, "this test's client");
