@@ -59,8 +59,9 @@ impl AdminServer {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+    // The token is read at startup, with the rest of `admin`.
+    let token = shared.snapshot.load().config.admin.token.as_deref().map(digest);
+    let guarded = Router::new()
         .route("/ready", get(ready))
         .route("/config", get(config))
         .route("/routes", get(routes))
@@ -70,6 +71,33 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/upstreams", get(upstreams))
         .route("/metrics", get(metrics))
         .with_state(shared)
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = token.is_none_or(|want| presented(&request).is_some_and(|got| digest(got) == want));
+            async move { if allowed { next.run(request).await } else { unauthorized() } }
+        }));
+    // Liveness stays open: a probe that cannot send headers must still see the process alive.
+    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) })).merge(guarded)
+}
+
+/// SHA-256 of a token: compared digest to digest, so the time taken says nothing about how much
+/// of a guess was right.
+fn digest(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+/// The bearer token of an admin call.
+fn presented(request: &axum::extract::Request) -> Option<&str> {
+    let value = request.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn unauthorized() -> axum::response::Response {
+    let body = json!({"error": {"status": 401, "code": "unauthorized", "message": "the admin API needs Authorization: Bearer <admin.token>"}});
+    (StatusCode::UNAUTHORIZED, [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"gatehouse-admin\"")], Json(body))
+        .into_response()
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -83,7 +111,12 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn config(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let snap = shared.snapshot.load();
-    Json(json!({"generation": snap.generation, "config": &*snap.config}))
+    let mut config = serde_json::to_value(&*snap.config).unwrap_or_default();
+    // The caller has the token already; it is still not echoed back (logs, screenshots).
+    if let Some(token) = config.pointer_mut("/admin/token") {
+        *token = json!("<redacted>");
+    }
+    Json(json!({"generation": snap.generation, "config": config}))
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

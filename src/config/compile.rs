@@ -118,8 +118,22 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     } else {
         None
     };
-    if config.admin.enabled && config.admin.address.parse::<SocketAddr>().is_err() {
-        problems.add("admin.address", format!("\"{}\" is not an ip:port address", config.admin.address));
+    if config.admin.enabled {
+        match config.admin.address.parse::<SocketAddr>() {
+            Err(_) => problems.add("admin.address", format!("\"{}\" is not an ip:port address", config.admin.address)),
+            Ok(address) if !address.ip().is_loopback() && config.admin.token.is_none() => problems.add(
+                "admin.token",
+                format!(
+                    "the admin listener at {address} is reachable from other hosts: set a token (admin.token: \"${{ADMIN_TOKEN}}\"), or bind it to 127.0.0.1"
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if let Some(token) = &config.admin.token {
+            if token.len() < 16 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+                problems.add("admin.token", "at least 16 visible ASCII characters (no spaces)");
+            }
+        }
     }
 
     if !problems.0.is_empty() {

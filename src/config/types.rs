@@ -377,11 +377,15 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Loopback by default: the admin API is not for the public.
     pub address: String,
+    /// Every call but `GET /health` must then send `Authorization: Bearer <token>`. Required
+    /// when `address` is not a loopback address. Write it as `${ADMIN_TOKEN}`, not in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { enabled: true, address: "127.0.0.1:9901".into() }
+        AdminConfig { enabled: true, address: "127.0.0.1:9901".into(), token: None }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The test suites, one file per capability.
 
 mod access_log;
+mod admin;
 mod auth;
 mod basic_auth;
 mod cli;

@@ -1,0 +1,78 @@
+//! The admin API's bearer token, and the rule that an admin listener reachable from other hosts
+//! must have one.
+
+use crate::common::{Client, TestGateway, Upstream};
+
+const TOKEN: &str = "s3cret-admin-token-0123456789";
+
+#[tokio::test]
+async fn with_a_token_every_call_but_health_needs_it() {
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: app }}]
+"#,
+        app.url()
+    ));
+    let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
+    assert_eq!(admin.get("/health").await.status, 200, "liveness stays open");
+    let bearer = format!("Bearer {TOKEN}");
+    let lowercase = format!("bearer {TOKEN}");
+    let almost = format!("Bearer {}x", TOKEN);
+    let prefix = format!("Bearer {}", &TOKEN[..10]);
+    for path in ["/ready", "/config", "/routes", "/upstreams", "/metrics", "/reloads"] {
+        for bad in [
+            None,
+            Some("Bearer"),
+            Some("Bearer "),
+            Some("Basic YWRtaW46YWRtaW4="),
+            Some(almost.as_str()),
+            Some(prefix.as_str()),
+            Some(TOKEN),
+        ] {
+            let headers: Vec<(&str, &str)> = bad.map(|v| vec![("authorization", v)]).unwrap_or_default();
+            let reply = admin.request("GET", path, &headers, "").await;
+            assert_eq!(reply.status, 401, "{path} with {bad:?}");
+            assert_eq!(reply.error_code(), "unauthorized");
+            assert!(reply.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+        }
+        for good in [&bearer, &lowercase] {
+            let reply = admin.request("GET", path, &[("authorization", good.as_str())], "").await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        }
+    }
+    // A reload needs the token too.
+    assert_eq!(admin.request("POST", "/reload", &[], "").await.status, 401);
+    assert_eq!(admin.request("POST", "/reload", &[("authorization", &bearer)], "").await.status, 200);
+    // The running config does not echo the token.
+    let config = admin.request("GET", "/config", &[("authorization", &bearer)], "").await.text();
+    assert!(!config.contains(TOKEN), "{config}");
+    assert!(config.contains("<redacted>"));
+}
+
+#[test]
+fn an_admin_listener_reachable_from_other_hosts_needs_a_token() {
+    let check = |admin: &str| {
+        let text = format!(
+            "admin: {admin}\nlisteners: [{{ name: public, address: \"127.0.0.1:1\" }}]\nupstreams: {{ u: {{ endpoints: [\"http://a:1\"] }} }}\nroutes: [{{ name: r, upstream: u }}]\n"
+        );
+        let loaded = gatehouse::config::parse("test.yaml", &text, &gatehouse::config::Vars::default()).unwrap();
+        let registry = gatehouse::state::registry::Registry::new();
+        let ctx =
+            gatehouse::config::compile::Context { registry: &registry, bound: None, generation: 1, dry_run: true };
+        gatehouse::config::compile::compile(&loaded.config, &ctx).map(|_| ()).map_err(|d| loaded.locate(d).to_string())
+    };
+    let open = check("{ address: \"0.0.0.0:9901\" }").unwrap_err();
+    assert!(open.contains("admin.token") && open.contains("reachable from other hosts"), "{open}");
+    assert!(check("{ address: \"[::]:9901\" }").is_err());
+    check(&format!("{{ address: \"0.0.0.0:9901\", token: \"{TOKEN}\" }}")).unwrap();
+    check("{ address: \"127.0.0.1:9901\" }").unwrap();
+    check("{ address: \"[::1]:9901\" }").unwrap();
+    let short = check("{ address: \"127.0.0.1:9901\", token: short }").unwrap_err();
+    assert!(short.contains("at least 16"), "{short}");
+    assert!(check("{ address: \"127.0.0.1:9901\", token: \"has a space in it, sadly\" }").is_err());
+    // Off is off, wherever it would have listened.
+    check("{ enabled: false, address: \"0.0.0.0:9901\" }").unwrap();
+}
