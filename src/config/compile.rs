@@ -63,7 +63,13 @@ pub fn default_server_settings() -> ServerSettings {
 
 pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut problems = Problems::default();
-    let server = server_settings(&config.server, &mut problems);
+    let mut server = server_settings(&config.server, &mut problems);
+    if config.tracing.enabled {
+        server.trace_sampling = Some(config.tracing.sampling);
+    }
+    if !(0.0..=1.0).contains(&config.tracing.sampling) {
+        problems.add("tracing.sampling", "a share between 0.0 and 1.0");
+    }
     let listeners = listener_names(config, ctx, &mut problems);
     let upstreams = upstreams(config, ctx.registry, ctx.dry_run, &mut problems);
     let consumers = match ConsumerIndex::compile(&config.consumers) {
@@ -229,6 +235,7 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         max_header_bytes: limits.max_header_bytes.as_usize(),
         max_headers: limits.max_headers as usize,
         max_body_size: limits.max_body_size.map(|s| s.get()),
+        trace_sampling: None,
         header_read_timeout: timeouts.header_read.get(),
         idle_timeout: timeouts.idle.get(),
         shutdown_grace: timeouts.shutdown_grace.get(),

@@ -50,6 +50,32 @@ pub struct LocalConfig {
     /// Prometheus metrics at the admin listener's `/metrics`.
     #[serde(default, skip_serializing_if = "is_default_metrics")]
     pub metrics: MetricsConfig,
+    /// W3C trace context: continued or started, and passed to upstreams.
+    #[serde(default, skip_serializing_if = "is_default_tracing")]
+    pub tracing: TracingConfig,
+}
+
+/// Distributed tracing (W3C Trace Context).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Continue the client's trace (or start one) and pass it to the upstream in `traceparent`;
+    /// the trace id goes into the access log. Off by default: then `traceparent` passes through
+    /// untouched.
+    pub enabled: bool,
+    /// The share of new traces (no sampled parent) marked sampled, 0.0–1.0. A client's sampled
+    /// flag is followed as it is.
+    pub sampling: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig { enabled: false, sampling: 0.01 }
+    }
+}
+
+fn is_default_tracing(t: &TracingConfig) -> bool {
+    *t == TracingConfig::default()
 }
 
 /// Prometheus metrics.

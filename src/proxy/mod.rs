@@ -140,6 +140,10 @@ impl Exchange<'_> {
         // 3. Normalise. The request id comes first so that every later error carries it.
         let request_id = request_id::resolve(&mut parts.headers, server);
         self.log.set_request_id(&request_id);
+        if let Some(sampling) = server.trace_sampling {
+            let trace = crate::telemetry::trace::TraceContext::apply(&mut parts.headers, sampling);
+            self.log.set_trace(&trace);
+        }
         self.request_id = Some(request_id.clone());
         let client = headers::client_ip(&parts.headers, self.conn.peer.ip(), server);
         self.log.set_client(client);

@@ -81,6 +81,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_size: Option<u64>,
+    /// With tracing on: the share of new traces sampled.
+    pub trace_sampling: Option<f64>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,

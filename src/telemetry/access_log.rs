@@ -25,6 +25,8 @@ pub struct LogLine<'a> {
     pub time: SystemTime,
     pub listener: &'a str,
     pub request_id: Option<&'a [u8]>,
+    /// With tracing on: the W3C trace id (32 hex digits).
+    pub trace_id: Option<&'a str>,
     pub client: IpAddr,
     pub peer: SocketAddr,
     pub method: &'a str,
@@ -51,6 +53,10 @@ impl LogLine<'_> {
         push_json_str(&mut out, self.listener.as_bytes());
         out.push_str(",\"request_id\":");
         push_opt(&mut out, self.request_id);
+        if let Some(trace_id) = self.trace_id {
+            out.push_str(",\"trace_id\":");
+            push_json_str(&mut out, trace_id.as_bytes());
+        }
         let _ = write!(out, ",\"client\":\"{}\",\"peer\":\"{}\",\"method\":", self.client, self.peer);
         push_json_str(&mut out, self.method.as_bytes());
         out.push_str(",\"path\":");
@@ -181,6 +187,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             listener: "public",
             request_id: Some(b"abc\"\n"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             client: "10.0.0.1".parse().unwrap(),
             peer: "10.0.0.2:5000".parse().unwrap(),
             method: "GET",
@@ -201,6 +208,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["request_id"], "abc\"\n");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["path"], "/a\\b");
         assert_eq!(v["upstream"], serde_json::Value::Null);
         assert_eq!(v["duration_ms"], 1.5);

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod logging;
 pub mod metrics;
 pub mod request_log;
+pub mod trace;
 
 pub use access_log::AccessLogWriter;
 pub use request_log::RequestLog;

@@ -45,6 +45,7 @@ struct Detail {
     path: Option<String>,
     user_agent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
+    trace_id: Option<String>,
     route: Option<Arc<str>>,
     consumer: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
@@ -79,6 +80,7 @@ impl RequestLog {
                 path: None,
                 user_agent: info.user_agent.cloned(),
                 request_id: None,
+                trace_id: None,
                 route: None,
                 consumer: None,
                 upstream: None,
@@ -129,6 +131,12 @@ impl RequestLog {
     pub fn set_request_id(&mut self, id: &HeaderValue) {
         if let Some(d) = &mut self.detail {
             d.request_id = Some(id.clone());
+        }
+    }
+
+    pub fn set_trace(&mut self, trace: &super::trace::TraceContext) {
+        if let Some(d) = &mut self.detail {
+            d.trace_id = Some(trace.trace_id_hex());
         }
     }
 
@@ -214,6 +222,7 @@ impl RequestLog {
             time: d.time,
             listener: &d.listener,
             request_id: d.request_id.as_ref().map(HeaderValue::as_bytes),
+            trace_id: d.trace_id.as_deref(),
             client: d.client,
             peer: d.peer,
             method: d.method.as_str(),

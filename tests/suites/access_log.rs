@@ -126,3 +126,60 @@ routes:
     assert_eq!(lines[1]["status"], 404);
     assert_eq!(lines[1]["client"], "198.51.100.4", "resolved for requests that reach no upstream too");
 }
+
+#[tokio::test]
+async fn with_tracing_the_trace_is_continued_upstream_and_logged() {
+    let upstream = Upstream::echo("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let config = |tracing: &str| {
+        format!(
+            r#"access_log: {{ enabled: true, path: "{}" }}
+{tracing}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: app, match: {{ path: "/app/**" }}, upstream: app }}
+"#,
+            log.display(),
+            upstream.url()
+        )
+    };
+    let gw = TestGateway::start(&config("tracing: { enabled: true, sampling: 1.0 }"));
+    let mut client = Client::connect(gw.addr()).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let reply = client.request("GET", "/app/a", &[("traceparent", parent), ("tracestate", "rojo=1")], "").await;
+    assert_eq!(reply.status, 200);
+    let seen = upstream.seen();
+    let sent = seen[0].headers["traceparent"].to_str().unwrap().to_owned();
+    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the client's trace: {sent}");
+    assert!(!sent.contains("00f067aa0ba902b7"), "with the gateway's span as parent: {sent}");
+    assert!(sent.ends_with("-00"), "the client's not-sampled flag is kept: {sent}");
+    assert_eq!(seen[0].headers["tracestate"], "rojo=1");
+
+    // No (or a broken) traceparent: a new trace, sampled at 1.0; a stray tracestate is dropped.
+    for headers in [vec![], vec![("traceparent", "00-zz-broken"), ("tracestate", "stale=1")]] {
+        assert_eq!(client.request("GET", "/app/b", &headers, "").await.status, 200);
+    }
+    let seen = upstream.seen();
+    for request in &seen[1..3] {
+        let sent = request.headers["traceparent"].to_str().unwrap();
+        assert_eq!(sent.len(), 55, "{sent}");
+        assert!(sent.starts_with("00-") && sent.ends_with("-01"), "{sent}");
+        assert!(request.headers.get("tracestate").is_none());
+    }
+    assert_ne!(seen[1].headers["traceparent"], seen[2].headers["traceparent"], "each request its own trace");
+
+    let lines = read_lines(&log, 3);
+    assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(lines[1]["trace_id"].as_str().unwrap(), &seen[1].headers["traceparent"].to_str().unwrap()[3..35]);
+
+    // Tracing off (the default): whatever the client sent passes through untouched.
+    gw.reload_with(&config(""));
+    assert_eq!(client.request("GET", "/app/c", &[("traceparent", "00-zz-broken")], "").await.status, 200);
+    let seen = upstream.seen();
+    assert_eq!(seen.last().unwrap().headers["traceparent"], "00-zz-broken");
+    let lines = read_lines(&log, 4);
+    assert!(lines[3].get("trace_id").is_none(), "{}", lines[3]);
+}

@@ -201,6 +201,7 @@ fn discovery_and_slow_start_settings_are_checked() {
     let text = r#"
 listeners: [{ name: public, address: "127.0.0.1:1" }]
 resolver: { nameservers: ["10.0.0.1", "10.0.0.2:5353", "nameserver"] }
+tracing: { enabled: true, sampling: 1.5 }
 upstreams:
   both: { endpoints: ["http://a:1"], discovery: { type: file, path: /x } }
   none: {}
@@ -229,6 +230,7 @@ routes:
         "upstreams.hashed.slow_start: does not apply to consistent_hash",
         "routes[1].timeout.per_try: must be at least 1ms",
         "routes[2].timeout: must be at least 1ms",
+        "tracing.sampling: a share between 0.0 and 1.0",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
