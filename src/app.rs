@@ -74,6 +74,8 @@ pub struct Shared {
     pub started: SystemTime,
     /// Client connections open per listener (shared with the proxy).
     pub open_connections: Arc<[std::sync::atomic::AtomicUsize]>,
+    /// Requests in flight per listener (shared with the connections).
+    pub requests_in_flight: crate::telemetry::metrics::Counts,
 }
 
 impl Shared {
@@ -154,6 +156,7 @@ impl Shared {
             generation: self.generation(),
             snapshot: &snapshot,
             connections: &self.open_connections,
+            requests: &self.requests_in_flight,
         };
         self.registry.metrics.render(&crate::telemetry::metrics::live_registry(&live), openmetrics)
     }
@@ -189,6 +192,8 @@ impl Gateway {
         let admin_config = snapshot.config.admin.clone();
         let open_connections: Arc<[std::sync::atomic::AtomicUsize]> =
             (0..snapshot.listeners.len()).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
+        let requests_in_flight: crate::telemetry::metrics::Counts =
+            (0..snapshot.listeners.len()).map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0))).collect();
         let handle = SnapshotHandle::new(snapshot);
         let shared = Arc::new(Shared {
             snapshot: handle.clone(),
@@ -202,8 +207,9 @@ impl Gateway {
             reloads: Mutex::new(VecDeque::new()),
             started: SystemTime::now(),
             open_connections: open_connections.clone(),
+            requests_in_flight: requests_in_flight.clone(),
         });
-        let proxy = Arc::new(HttpProxy::new(handle, open_connections));
+        let proxy = Arc::new(HttpProxy::new(handle, open_connections, requests_in_flight));
         let admin = if admin_config.enabled {
             let address: SocketAddr = admin_config
                 .address

@@ -41,11 +41,17 @@ pub struct HttpProxy {
     /// Client connections open on each listener, over all workers (for `max_connections`, and
     /// the metrics).
     pub open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>,
+    /// Requests in flight on each listener (for the metrics).
+    pub requests_in_flight: crate::telemetry::metrics::Counts,
 }
 
 impl HttpProxy {
-    pub fn new(snapshot: SnapshotHandle, open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>) -> Self {
-        HttpProxy { snapshot, open_connections }
+    pub fn new(
+        snapshot: SnapshotHandle,
+        open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>,
+        requests_in_flight: crate::telemetry::metrics::Counts,
+    ) -> Self {
+        HttpProxy { snapshot, open_connections, requests_in_flight }
     }
 
     /// Serves one request. Never fails: errors are responses.

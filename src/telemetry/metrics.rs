@@ -353,12 +353,17 @@ impl UpstreamMetrics {
     }
 }
 
+/// A count per listener, shared by the connections and the scrape.
+pub type Counts = Arc<[Arc<std::sync::atomic::AtomicUsize>]>;
+
 /// What is read at scrape time from the running gateway.
 pub struct Live<'a> {
     pub generation: u64,
     pub snapshot: &'a crate::state::Snapshot,
     /// Open client connections per listener (by listener id).
     pub connections: &'a [std::sync::atomic::AtomicUsize],
+    /// Requests in flight per listener.
+    pub requests: &'a Counts,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -398,6 +403,14 @@ pub fn live_registry(live: &Live<'_>) -> Registry {
             .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
     registry.register("connections_open", "Client connections open, by listener", connections);
+    let requests = Family::<ListenerLabels, Gauge>::default();
+    for (id, listener) in live.snapshot.listeners.iter().enumerate() {
+        let now = live.requests.get(id).map_or(0, |c| c.load(Ordering::Relaxed));
+        requests
+            .get_or_create(&ListenerLabels { listener: listener.name.to_string() })
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+    registry.register("requests_in_flight", "Requests received and not yet answered in full, by listener", requests);
 
     let healthy = Family::<EndpointLabels, Gauge>::default();
     let in_flight = Family::<EndpointLabels, Gauge>::default();

@@ -58,6 +58,8 @@ pub struct ConnState {
     head: Mutex<Vec<u8>>,
     /// Whether `head` holds the head of the next request to be dispatched.
     head_fresh: AtomicBool,
+    /// The listener's count of requests in flight (for the metrics).
+    listener_requests: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Most bytes of a raw request head kept for inspection.
@@ -65,6 +67,11 @@ const HEAD_COPY_LIMIT: usize = 96 * 1024;
 
 impl ConnState {
     pub fn new() -> Arc<ConnState> {
+        ConnState::counted(None)
+    }
+
+    /// A connection whose requests in flight are also counted in `listener_requests`.
+    pub fn counted(listener_requests: Option<Arc<std::sync::atomic::AtomicUsize>>) -> Arc<ConnState> {
         Arc::new(ConnState {
             phase: AtomicU8::new(Phase::ReadingHead as u8),
             since_ms: AtomicU64::new(clock::now_ms()),
@@ -73,6 +80,7 @@ impl ConnState {
             waker: AtomicWaker::new(),
             head: Mutex::new(Vec::new()),
             head_fresh: AtomicBool::new(true),
+            listener_requests,
         })
     }
 
@@ -90,6 +98,9 @@ impl ConnState {
     #[inline]
     pub fn begin_request(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = &self.listener_requests {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.phase.store(Phase::Active as u8, Ordering::Relaxed);
         self.head_fresh.swap(false, Ordering::Relaxed)
     }
@@ -105,6 +116,9 @@ impl ConnState {
     /// The response of a request is finished (its body ended or was dropped).
     #[inline]
     pub fn end_request(&self) {
+        if let Some(counter) = &self.listener_requests {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.since_ms.store(clock::now_ms(), Ordering::Relaxed);
             self.phase.store(Phase::Idle as u8, Ordering::Relaxed);

@@ -154,7 +154,7 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
                     drop(stream);
                     continue;
                 };
-                let state = ConnState::new();
+                let state = ConnState::counted(proxy.requests_in_flight.get(id).cloned());
                 connections.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
                 let proxy = proxy.clone();
                 tokio::spawn(async move {

@@ -24,6 +24,11 @@ async fn scrape(gw: &TestGateway, accept: Option<&str>) -> (String, String) {
 }
 
 fn config(app: &Upstream, failing: &Upstream, metrics: &str) -> String {
+    let hang = "http://127.0.0.1:9"; // discard port: nothing listens; only used by /hang
+    config_with(app, failing, hang, metrics)
+}
+
+fn config_with(app: &Upstream, failing: &Upstream, hang: &str, metrics: &str) -> String {
     format!(
         r#"admin: {{ address: "127.0.0.1:0" }}
 {metrics}
@@ -31,11 +36,13 @@ listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:
   app: {{ endpoints: ["{}"] }}
   failing: {{ endpoints: ["{}"], retries: {{ attempts: 1, on: ["503"] }}, passive_health: {{ consecutive_failures: 0 }} }}
+  hang: {{ endpoints: ["{hang}"] }}
 routes:
   - {{ name: users, match: {{ path: "/users/**" }}, upstream: app }}
   - {{ name: broken, match: {{ path: /broken }}, upstream: failing }}
   - {{ name: teapot, match: {{ path: /teapot }}, policies: [{{ direct_response: {{ status: 418, body: "short and stout" }} }}] }}
   - {{ name: limited, match: {{ path: /limited }}, upstream: app, policies: [{{ rate_limit: {{ key: client_ip, rate: 1/h }} }}] }}
+  - {{ name: hang, match: {{ path: /hang }}, upstream: hang }}
 "#,
         app.url(),
         failing.url()
@@ -46,7 +53,8 @@ routes:
 async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     let app = Upstream::echo("app");
     let failing = Upstream::start("failing", UpstreamBehaviour::Status(503));
-    let gw = TestGateway::start(&config(&app, &failing, ""));
+    let hang = Upstream::start("hang", UpstreamBehaviour::Hang);
+    let gw = TestGateway::start(&config_with(&app, &failing, &hang.url(), ""));
     let mut client = Client::connect(gw.addr()).await;
     for i in 0..3 {
         assert_eq!(client.get(&format!("/users/{i}")).await.status, 200);
@@ -129,9 +137,22 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_in_flight{endpoint}")], 0.0);
     assert_eq!(s["gatehouse_config_generation"], 1.0);
     assert_eq!(s["gatehouse_connections_open{listener=\"public\"}"], 1.0, "this test's client");
+    assert_eq!(s["gatehouse_requests_in_flight{listener=\"public\"}"], 0.0, "every request answered");
+
+    // A request in flight shows as one, at the listener and at the endpoint.
+    let at = gw.addr();
+    let waiting = tokio::spawn(async move { crate::common::get(at, "/hang").await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let s = samples(&scrape(&gw, None).await.1);
+    assert_eq!(s["gatehouse_requests_in_flight{listener=\"public\"}"], 1.0);
+    assert_eq!(
+        s[&format!("gatehouse_upstream_endpoint_in_flight{{upstream=\"hang\",endpoint=\"{}\"}}", hang.url())],
+        1.0
+    );
+    waiting.abort();
 
     // A reload keeps the counts; reloads are counted.
-    gw.reload_with(&config(&app, &failing, ""));
+    gw.reload_with(&config_with(&app, &failing, &hang.url(), ""));
     assert_eq!(client.get("/users/9").await.status, 200);
     let (_, text) = scrape(&gw, None).await;
     let s = samples(&text);
