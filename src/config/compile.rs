@@ -67,6 +67,9 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     if config.tracing.enabled {
         server.trace_sampling = Some(config.tracing.sampling);
     }
+    if config.metrics.max_consumers > 10_000 {
+        problems.add("metrics.max_consumers", "at most 10000: every consumer is a series of its own");
+    }
     if !(0.0..=1.0).contains(&config.tracing.sampling) {
         problems.add("tracing.sampling", "a share between 0.0 and 1.0");
     }
@@ -1048,7 +1051,11 @@ fn routes(
             (None, None) => Vec::new(),
         };
         let route_metrics = if config.metrics.enabled {
-            listeners.iter().map(|(l, _)| env.registry.metrics.route(l, &name, sides.clone())).collect()
+            let max_consumers = config.metrics.consumers.then_some(config.metrics.max_consumers as usize);
+            listeners
+                .iter()
+                .map(|(l, _)| env.registry.metrics.route_with(l, &name, sides.clone(), max_consumers))
+                .collect()
         } else {
             Vec::new()
         };

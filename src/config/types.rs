@@ -85,11 +85,16 @@ pub struct MetricsConfig {
     /// Count requests per route (on by default). Off: `/metrics` still shows what the gateway
     /// tracks anyway (endpoints, breakers, connections, reloads).
     pub enabled: bool,
+    /// Also count requests per identified consumer (`gatehouse_consumer_requests_total`).
+    pub consumers: bool,
+    /// With `consumers`: the most consumers given a series of their own; later ones are
+    /// counted as `consumer="other"`.
+    pub max_consumers: u32,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig { enabled: true, consumers: false, max_consumers: 100 }
     }
 }
 

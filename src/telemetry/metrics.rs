@@ -63,6 +63,13 @@ struct RejectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    consumer: String,
+    route: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -87,6 +94,10 @@ pub struct Metrics {
     received: Family<RouteLabels, Counter>,
     sent: Family<RouteLabels, Counter>,
     errors: Family<RejectionLabels, Counter>,
+    consumer_requests: Family<ConsumerLabels, Counter>,
+    /// The consumers with series of their own (at most the configured number; the rest are
+    /// `other`): the set survives reloads, as the series do.
+    consumers_seen: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     upstream_outcomes: Family<UpstreamOutcomeLabels, Counter>,
     upstream_durations: Histograms<UpstreamLabels>,
     retries: Family<UpstreamLabels, Counter>,
@@ -113,6 +124,7 @@ impl Metrics {
         let received = Family::<RouteLabels, Counter>::default();
         let sent = Family::<RouteLabels, Counter>::default();
         let errors = Family::<RejectionLabels, Counter>::default();
+        let consumer_requests = Family::<ConsumerLabels, Counter>::default();
         let upstream_outcomes = Family::<UpstreamOutcomeLabels, Counter>::default();
         let upstream_durations =
             Histograms::<UpstreamLabels>::new_with_constructor(duration_histogram as fn() -> Histogram);
@@ -136,6 +148,11 @@ impl Metrics {
             errors.clone(),
         );
         registry.register(
+            "consumer_requests",
+            "Requests of identified consumers, by consumer, route and status class (metrics.consumers)",
+            consumer_requests.clone(),
+        );
+        registry.register(
             "upstream_responses",
             "Tries sent to an upstream, by outcome: the status class, or error (no response head)",
             upstream_outcomes.clone(),
@@ -154,6 +171,8 @@ impl Metrics {
             received,
             sent,
             errors,
+            consumer_requests,
+            consumers_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             upstream_outcomes,
             upstream_durations,
             retries,
@@ -164,7 +183,19 @@ impl Metrics {
     /// The handles of a route (`route` "" for requests that matched none) on one listener, with
     /// the upstreams a request of the route can go to.
     pub fn route(self: &Arc<Self>, listener: &str, route: &str, upstreams: Vec<Arc<str>>) -> Arc<RouteMetrics> {
+        self.route_with(listener, route, upstreams, None)
+    }
+
+    /// `route`, also counting identified consumers (at most `max_consumers` by name).
+    pub fn route_with(
+        self: &Arc<Self>,
+        listener: &str,
+        route: &str,
+        upstreams: Vec<Arc<str>>,
+        max_consumers: Option<usize>,
+    ) -> Arc<RouteMetrics> {
         Arc::new(RouteMetrics {
+            max_consumers,
             metrics: self.clone(),
             listener: Arc::from(listener),
             route: Arc::from(route),
@@ -265,6 +296,8 @@ pub struct RouteMetrics {
     cells: OnceLock<Box<[OnceLock<Cell>]>>,
     /// Request and response body bytes.
     bytes: OnceLock<(Counter, Counter)>,
+    /// Count consumers, at most this many by name (None: consumers are not counted).
+    max_consumers: Option<usize>,
 }
 
 impl RouteMetrics {
@@ -283,6 +316,30 @@ impl RouteMetrics {
     pub fn errored(&self, code: &'static str) {
         let labels = RejectionLabels { listener: self.listener.to_string(), route: self.route.to_string(), code };
         self.metrics.errors.get_or_create(&labels).inc();
+    }
+
+    /// Whether identified consumers are counted on this route.
+    pub fn counts_consumers(&self) -> bool {
+        self.max_consumers.is_some()
+    }
+
+    /// Counts a finished request of an identified consumer (opt-in: it looks labels up).
+    pub fn record_consumer(&self, consumer: &Arc<str>, status: u16) {
+        let Some(max) = self.max_consumers else { return };
+        let name = {
+            let mut seen = self.metrics.consumers_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(consumer) {
+                consumer.to_string()
+            } else if seen.len() < max {
+                seen.insert(consumer.clone());
+                consumer.to_string()
+            } else {
+                "other".to_owned()
+            }
+        };
+        let labels =
+            ConsumerLabels { consumer: name, route: self.route.to_string(), status: STATUSES[status_class(status)] };
+        self.metrics.consumer_requests.get_or_create(&labels).inc();
     }
 
     /// Counts one finished request.

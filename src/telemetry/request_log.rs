@@ -31,6 +31,8 @@ pub struct RequestLog {
     method: u8,
     /// Request body bytes, counted when the access log or the metrics want them.
     bytes_in: Option<Arc<AtomicU64>>,
+    /// The identified consumer, when the metrics count consumers.
+    consumer: Option<Arc<str>>,
 }
 
 struct Detail {
@@ -101,6 +103,7 @@ impl RequestLog {
             side,
             method: method_class(info.method),
             bytes_in: None,
+            consumer: None,
         }
     }
 
@@ -168,6 +171,9 @@ impl RequestLog {
         if let Some(d) = &mut self.detail {
             d.consumer = Some(name.clone());
         }
+        if self.metrics.as_ref().is_some_and(|m| m.counts_consumers()) {
+            self.consumer = Some(name.clone());
+        }
     }
 
     pub fn set_upstream(&mut self, endpoint: &Arc<str>) {
@@ -216,6 +222,9 @@ impl RequestLog {
         let bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
         if let Some(m) = &self.metrics {
             m.record(self.side, self.method, status, self.start.elapsed().as_secs_f64(), bytes_in, bytes_out);
+            if let Some(consumer) = &self.consumer {
+                m.record_consumer(consumer, status);
+            }
         }
         let Some(d) = self.detail.take() else { return };
         let line = LogLine {

@@ -180,3 +180,43 @@ async fn openmetrics_on_request_and_nothing_counted_when_off() {
     let endpoint = format!("{{upstream=\"app\",endpoint=\"{}\"}}", app.url());
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 1.0);
 }
+
+#[tokio::test]
+async fn consumers_are_counted_when_asked_up_to_the_cap() {
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+metrics: {{ consumers: true, max_consumers: 2 }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+consumers:
+  - {{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}
+  - {{ name: bob, credentials: [{{ api_key: "bob-key-0123456789ab" }}] }}
+  - {{ name: carol, credentials: [{{ api_key: "carol-key-0123456789" }}] }}
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: api, match: {{ path: "/api/**" }}, upstream: app, policies: [{{ api_key: {{}} }}] }}
+"#,
+        app.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    for (key, times) in [("alice-key-0123456789", 3), ("bob-key-0123456789ab", 2), ("carol-key-0123456789", 4)] {
+        for _ in 0..times {
+            assert_eq!(client.request("GET", "/api/x", &[("x-api-key", key)], "").await.status, 200);
+        }
+    }
+    assert_eq!(client.request("GET", "/api/x", &[("x-api-key", "wrong-key-0123456789")], "").await.status, 401);
+    let s = samples(&scrape(&gw, None).await.1);
+    let count = |consumer: &str, status: &str| {
+        s.get(&format!(
+            "gatehouse_consumer_requests_total{{consumer=\"{consumer}\",route=\"api\",status=\"{status}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(count("alice", "2xx"), Some(3.0));
+    assert_eq!(count("bob", "2xx"), Some(2.0));
+    assert_eq!(count("carol", "2xx"), None, "over the cap of 2");
+    assert_eq!(count("other", "2xx"), Some(4.0));
+    let series = s.keys().filter(|k| k.starts_with("gatehouse_consumer_requests_total{")).count();
+    assert_eq!(series, 3, "an unidentified request is no consumer");
+}
