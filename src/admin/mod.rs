@@ -58,6 +58,20 @@ impl AdminServer {
     }
 }
 
+/// Every endpoint of the admin API as (method, path), as `router` serves them and
+/// docs/admin-openapi.json describes them (a test holds the three together).
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/config"),
+    ("GET", "/routes"),
+    ("GET", "/reloads"),
+    ("POST", "/reload"),
+    ("GET", "/consumers/{name}/usage"),
+    ("GET", "/upstreams"),
+    ("GET", "/metrics"),
+];
+
 fn router(shared: Arc<Shared>) -> Router {
     // The token is read at startup, with the rest of `admin`.
     let token = shared.snapshot.load().config.admin.token.as_deref().map(digest);

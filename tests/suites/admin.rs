@@ -76,3 +76,77 @@ fn an_admin_listener_reachable_from_other_hosts_needs_a_token() {
     // Off is off, wherever it would have listened.
     check("{ enabled: false, address: \"0.0.0.0:9901\" }").unwrap();
 }
+
+/// The required top-level keys of a documented JSON response.
+fn required_keys(spec: &serde_json::Value, response: &serde_json::Value) -> Vec<String> {
+    let response = match response.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => spec.pointer(r.trim_start_matches('#')).unwrap(),
+        None => response,
+    };
+    let Some(schema) = response.pointer("/content/application~1json/schema") else { return Vec::new() };
+    let schema = match schema.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => spec.pointer(r.trim_start_matches('#')).unwrap(),
+        None => schema,
+    };
+    schema["required"]
+        .as_array()
+        .map(|a| a.iter().map(|k| k.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_openapi_description_matches_what_the_admin_api_serves() {
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/admin-openapi.json").unwrap()).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> =
+        gatehouse::admin::ENDPOINTS.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    served.sort();
+    assert_eq!(documented, served, "docs/admin-openapi.json and admin::ENDPOINTS differ");
+
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+consumers: [{{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}]
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: app }}]
+"#,
+        app.url()
+    ));
+    let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, path) in &served {
+        let operation = &spec["paths"][path][method.to_lowercase()];
+        let responses = operation["responses"].as_object().unwrap();
+        for name in ["alice", "nobody"] {
+            let url = path.replace("{name}", name);
+            let reply = admin.request(method, &url, &[("authorization", &bearer)], "").await;
+            let status = reply.status.as_u16().to_string();
+            let documented =
+                responses.get(&status).unwrap_or_else(|| panic!("{method} {url} answered {status}, undocumented"));
+            let is_json = reply.header("content-type").is_some_and(|c| c.starts_with("application/json"));
+            if is_json {
+                let body = reply.json();
+                for key in required_keys(&spec, documented) {
+                    assert!(body.get(&key).is_some(), "{method} {url}: no `{key}` in {body}");
+                }
+            } else {
+                assert!(documented.pointer("/content/application~1json").is_none(), "{method} {url} is not JSON");
+            }
+            // The security the description declares is the one enforced.
+            let open = operation.get("security").is_some_and(|s| s.as_array().is_some_and(|a| a.is_empty()));
+            let without = admin.request(method, &url, &[], "").await.status.as_u16();
+            assert_eq!(without == 401, !open, "{method} {url} without the token: {without}");
+            if !path.contains("{name}") {
+                break;
+            }
+        }
+    }
+}
