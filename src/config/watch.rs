@@ -3,7 +3,8 @@
 //! Polling, on purpose: it sees every way a file can change (editors that write a new file and
 //! rename it, Kubernetes ConfigMap symlink swaps, network filesystems) where change notifications
 //! miss some. One `stat` per interval is nothing; the content is read and hashed when the metadata
-//! moved (and every eighth poll regardless), and a reload happens only when the content differs.
+//! moved (and every eighth poll regardless), and a reload happens only when the content differs
+//! and stays the same over two reads (a file being written is not reloaded half-way).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -58,6 +59,13 @@ pub fn watch(path: PathBuf, interval: Duration, on_change: impl Fn() + Send + 's
             seen = now;
             let new_hash = content_hash(&path);
             if new_hash.is_some() && new_hash != hash {
+                // A file being written in place can be read half-way (empty after the truncate,
+                // or cut short): only content that two reads an interval apart agree on counts.
+                std::thread::sleep(interval);
+                if content_hash(&path) != new_hash {
+                    seen = None;
+                    continue;
+                }
                 hash = new_hash;
                 if !thread_stop.load(Ordering::Relaxed) {
                     on_change();
@@ -75,8 +83,10 @@ mod tests {
 
     #[test]
     fn content_changes_trigger_and_touches_do_not() {
-        let dir = std::env::temp_dir().join(format!("gatehouse-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A directory of its own: a path named after the process id can be a leftover of an
+        // earlier run with the same id, or shared with another test binary running at once.
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
         let file = dir.join("config.yaml");
         std::fs::write(&file, "a: 1\n").unwrap();
         let count = Arc::new(AtomicUsize::new(0));
@@ -99,6 +109,5 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -452,21 +452,19 @@ pub fn live_registry(live: &Live<'_>) -> Registry {
         generation,
     );
 
-    let connections = Family::<ListenerLabels, Gauge>::default();
-    for (id, listener) in live.snapshot.listeners.iter().enumerate() {
-        let open = live.connections.get(id).map_or(0, |c| c.load(Ordering::Relaxed));
-        connections
-            .get_or_create(&ListenerLabels { listener: listener.name.to_string() })
-            .set(i64::try_from(open).unwrap_or(i64::MAX));
-    }
-    registry.register("connections_open", "Client connections open, by listener", connections);
-    let requests = Family::<ListenerLabels, Gauge>::default();
-    for (id, listener) in live.snapshot.listeners.iter().enumerate() {
-        let now = live.requests.get(id).map_or(0, |c| c.load(Ordering::Relaxed));
-        requests
-            .get_or_create(&ListenerLabels { listener: listener.name.to_string() })
-            .set(i64::try_from(now).unwrap_or(i64::MAX));
-    }
+    // A gauge per listener, from a count per listener id.
+    let per_listener = |count: &dyn Fn(usize) -> usize| {
+        let family = Family::<ListenerLabels, Gauge>::default();
+        for (id, listener) in live.snapshot.listeners.iter().enumerate() {
+            family
+                .get_or_create(&ListenerLabels { listener: listener.name.to_string() })
+                .set(i64::try_from(count(id)).unwrap_or(i64::MAX));
+        }
+        family
+    };
+    let open = per_listener(&|id| live.connections.get(id).map_or(0, |c| c.load(Ordering::Relaxed)));
+    registry.register("connections_open", "Client connections open, by listener", open);
+    let requests = per_listener(&|id| live.requests.get(id).map_or(0, |c| c.load(Ordering::Relaxed)));
     registry.register("requests_in_flight", "Requests received and not yet answered in full, by listener", requests);
 
     let healthy = Family::<EndpointLabels, Gauge>::default();

@@ -80,10 +80,9 @@ routes:
     assert!(statuses.contains(&(504, "route_timeout".to_owned())), "{statuses:?}");
 }
 
-#[tokio::test]
-async fn an_unreachable_endpoint_gets_a_connect_timeout() {
-    // A listener whose accept queue is full and never drained: further SYNs are dropped, so a
-    // connect neither succeeds nor fails until the client gives up.
+/// A listener whose accept queue is full and never drained: further SYNs are dropped, so a
+/// connect to it neither succeeds nor fails until the client gives up. Keep all three alive.
+async fn blackhole() -> (socket2::Socket, std::net::SocketAddr, Vec<tokio::net::TcpStream>) {
     let blocked = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     blocked.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     blocked.listen(0).unwrap();
@@ -95,6 +94,12 @@ async fn an_unreachable_endpoint_gets_a_connect_timeout() {
             fillers.push(s);
         }
     }
+    (blocked, addr, fillers)
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_gets_a_connect_timeout() {
+    let (_blocked, addr, _fillers) = blackhole().await;
     let gw = TestGateway::start(&format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:
@@ -119,18 +124,7 @@ routes:
 
 #[tokio::test]
 async fn max_pending_refuses_requests_beyond_the_connections_being_opened() {
-    // Connections to this address neither succeed nor fail until the connect timeout (see above).
-    let blocked = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    blocked.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-    blocked.listen(0).unwrap();
-    let addr = blocked.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    let (_blocked, addr, fillers) = blackhole().await;
     let gw = TestGateway::start(&format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:

@@ -22,6 +22,11 @@ pub struct File {
     pub interval: Duration,
 }
 
+/// How long after seeing new content the file is read again: a list is taken only when two reads
+/// agree, so a file being written in place is never read half-way (a shorter list that still
+/// parses would take endpoints away).
+const SETTLE: Duration = Duration::from_millis(50);
+
 impl Discover for File {
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
@@ -29,14 +34,24 @@ impl Discover for File {
 
     fn look(&self) -> Look<'_> {
         Box::pin(async move {
-            let meta = tokio::fs::metadata(&self.path).await.map_err(|e| format!("cannot read the file: {e}"))?;
-            if meta.len() > MAX_FILE_BYTES {
-                return Err(format!("the file is larger than {MAX_FILE_BYTES} bytes"));
+            let first = self.read().await?;
+            tokio::time::sleep(SETTLE).await;
+            if self.read().await? != first {
+                return Err("the file is being written; it is read again soon".into());
             }
-            let bytes = tokio::fs::read(&self.path).await.map_err(|e| format!("cannot read the file: {e}"))?;
-            let text = String::from_utf8(bytes).map_err(|_| "the file is not UTF-8".to_owned())?;
+            let text = String::from_utf8(first).map_err(|_| "the file is not UTF-8".to_owned())?;
             Ok(Found { targets: parse(&text)?, look_again: self.interval })
         })
+    }
+}
+
+impl File {
+    async fn read(&self) -> Result<Vec<u8>, String> {
+        let meta = tokio::fs::metadata(&self.path).await.map_err(|e| format!("cannot read the file: {e}"))?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(format!("the file is larger than {MAX_FILE_BYTES} bytes"));
+        }
+        tokio::fs::read(&self.path).await.map_err(|e| format!("cannot read the file: {e}"))
     }
 }
 
