@@ -62,6 +62,7 @@ impl AdminServer {
 /// docs/admin-openapi.json describes them (a test holds the three together).
 pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/dashboard"),
     ("GET", "/ready"),
     ("GET", "/config"),
     ("GET", "/routes"),
@@ -90,7 +91,28 @@ fn router(shared: Arc<Shared>) -> Router {
             async move { if allowed { next.run(request).await } else { unauthorized() } }
         }));
     // Liveness stays open: a probe that cannot send headers must still see the process alive.
-    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) })).merge(guarded)
+    // So does the dashboard page: it holds no data, and asks for the token to fetch any.
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/dashboard", get(dashboard))
+        .merge(guarded)
+}
+
+/// The dashboard: one page, no build step; it polls the API above from the browser.
+async fn dashboard() -> impl IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        include_str!("dashboard.html"),
+    )
 }
 
 /// SHA-256 of a token: compared digest to digest, so the time taken says nothing about how much

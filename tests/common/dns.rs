@@ -21,18 +21,26 @@ pub type Srv<'a> = (&'a str, &'a str, u16, u16, u16);
 impl Dnsmasq {
     /// Starts with `hosts` (lines of `ip name`) and SRV records; every answer has a TTL of 1s.
     pub fn start(hosts: &str, srv: &[Srv<'_>]) -> Dnsmasq {
-        // A free port for UDP (dnsmasq also takes TCP on it).
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let hosts_path = dir.path().join("hosts");
         std::fs::write(&hosts_path, hosts).unwrap();
-        let mut server =
-            Dnsmasq { addr: SocketAddr::from(([127, 0, 0, 1], port)), hosts: hosts_path, child: None, _dir: dir };
-        server.run(srv);
-        server
+        let mut server = Dnsmasq { addr: free_port(), hosts: hosts_path, child: None, _dir: dir };
+        // A port found free can be taken by another test before dnsmasq binds it: try others.
+        for _ in 0..5 {
+            if server.try_run(srv) {
+                return server;
+            }
+            server.addr = free_port();
+        }
+        panic!("dnsmasq did not start (5 ports tried)");
     }
 
     fn run(&mut self, srv: &[Srv<'_>]) {
+        assert!(self.try_run(srv), "dnsmasq did not start again on {}", self.addr);
+    }
+
+    /// Starts dnsmasq on `self.addr`; false if it exits (the port was taken) or never answers.
+    fn try_run(&mut self, srv: &[Srv<'_>]) -> bool {
         let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" };
         let mut command = Command::new(binary);
         command
@@ -60,9 +68,14 @@ impl Dnsmasq {
         // Ready when it answers on TCP.
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "dnsmasq did not start on {}", self.addr);
+            let exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() > deadline {
+                self.kill();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Replaces the A/AAAA records; dnsmasq reads them again at once.
@@ -89,5 +102,16 @@ impl Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A loopback port free for both TCP and UDP at the time of asking.
+fn free_port() -> SocketAddr {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
     }
 }

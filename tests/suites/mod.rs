@@ -6,6 +6,7 @@ mod auth;
 mod basic_auth;
 mod cli;
 mod config;
+mod dashboard;
 mod demo;
 mod discovery;
 mod forward_auth;
