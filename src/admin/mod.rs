@@ -71,6 +71,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/consumers/{name}/usage"),
     ("GET", "/upstreams"),
     ("GET", "/metrics"),
+    ("GET", "/explain"),
 ];
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -85,6 +86,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/consumers/{name}/usage", get(usage))
         .route("/upstreams", get(upstreams))
         .route("/metrics", get(metrics))
+        .route("/explain", get(explain))
         .with_state(shared)
         .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let allowed = token.is_none_or(|want| presented(&request).is_some_and(|got| digest(got) == want));
@@ -170,6 +172,34 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         })
         .collect();
     Json(json!({"generation": snap.generation, "listeners": listeners}))
+}
+
+/// `gatehouse explain` over HTTP, against the running config:
+/// `?url=/users/7&method=POST&header=x-version:2&listener=public`.
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::response::Response {
+    let bad = |message: String| {
+        let body = json!({"error": {"status": 400, "code": "bad_request", "message": message}});
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    };
+    let (mut method, mut url, mut listener, mut headers) = ("GET".to_owned(), None, None, Vec::new());
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "method" => method = value.into_owned(),
+            "url" => url = Some(value.into_owned()),
+            "listener" => listener = Some(value.into_owned()),
+            "header" => headers.push(value.into_owned()),
+            other => return bad(format!("unknown parameter `{other}`: use url, method, header, listener")),
+        }
+    }
+    let Some(url) = url else { return bad("`url` is required: the request's path (or URL) to explain".into()) };
+    let snap = shared.snapshot.load();
+    match crate::cli::explain_request(&snap, listener.as_deref(), &method, &url, &headers) {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(e) => bad(e.to_string()),
+    }
 }
 
 /// Prometheus metrics: OpenMetrics text when the scraper asks for it, else the classic text format.

@@ -150,3 +150,33 @@ routes: [{{ name: all, upstream: app }}]
         }
     }
 }
+
+#[tokio::test]
+async fn explain_answers_over_http_for_the_running_config() {
+    let app = Upstream::echo("app");
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams: {{ users: {{ endpoints: ["{}"] }} }}
+routes:
+  - {{ name: users-v2, match: {{ path: "/users/{{id}}", headers: {{ x-version: "2" }} }}, upstream: users, rewrite: "/v2/users/{{id}}" }}
+  - {{ name: users, match: {{ path: "/users/**" }}, upstream: users }}
+"#,
+        app.url()
+    ));
+    let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
+    let auth = format!("Bearer {TOKEN}");
+    let ask = |query: &str| format!("/explain?{query}");
+    let reply = admin.request("GET", &ask("url=/users/7&header=x-version:2"), &[("authorization", &auth)], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    assert!(text.contains("users-v2") && text.contains("/v2/users/7"), "{text}");
+    let reply = admin.request("GET", &ask("url=/users/7&method=post"), &[("authorization", &auth)], "").await;
+    assert!(reply.text().contains("users") && !reply.text().contains("/v2/users/7"), "{}", reply.text());
+    for bad in ["", "url=/x&verbose=1", "url=/x&method=G%20T", "url=/x&listener=nope", "url=/x&header=no-colon"] {
+        let reply = admin.request("GET", &ask(bad), &[("authorization", &auth)], "").await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
+        assert_eq!(reply.error_code(), "bad_request");
+    }
+    assert_eq!(admin.request("GET", &ask("url=/users/7"), &[], "").await.status, 401);
+}
