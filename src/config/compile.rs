@@ -91,7 +91,12 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
             None
         }
     });
-    let env = PolicyEnv { registry: ctx.registry, consumers: &consumers, redis: redis.as_ref() };
+    let env = PolicyEnv {
+        registry: ctx.registry,
+        consumers: &consumers,
+        redis: redis.as_ref(),
+        metrics: config.metrics.enabled.then_some(&*ctx.registry.metrics),
+    };
     let global = policies(&config.policies, "policies", "global", &env, &mut problems);
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
@@ -690,6 +695,8 @@ struct PolicyEnv<'a> {
     registry: &'a Registry,
     consumers: &'a Arc<ConsumerIndex>,
     redis: Option<&'a Arc<RedisBackend>>,
+    /// Where policies count their decisions (None: metrics off).
+    metrics: Option<&'a crate::telemetry::metrics::Metrics>,
 }
 
 fn policies(
@@ -751,11 +758,11 @@ fn policies(
                 Err(e) => report(e),
             },
             PolicyConfig::RateLimit(c) => match RateLimitPolicy::compile(c, scope, registry, env.redis) {
-                Ok(p) => out.rate_limit = Some(Arc::new(p)),
+                Ok(p) => out.rate_limit = Some(Arc::new(counted(p, env.metrics))),
                 Err(e) => report(e),
             },
             PolicyConfig::Quota(c) => match RateLimitPolicy::compile_quota(c, scope, registry, env.redis) {
-                Ok(p) => out.quota = Some(Arc::new(p)),
+                Ok(p) => out.quota = Some(Arc::new(counted(p, env.metrics))),
                 Err(e) => report(e),
             },
             PolicyConfig::Concurrency(c) => match ConcurrencyPolicy::compile(c, scope, registry) {
@@ -799,6 +806,14 @@ fn policies(
 
 /// More specific policies over less specific ones (a route's over its listener's over the global
 /// ones): a policy of a kind replaces the one of the same kind below it.
+/// A rate-limit policy that counts its decisions when metrics are on.
+fn counted(mut policy: RateLimitPolicy, metrics: Option<&crate::telemetry::metrics::Metrics>) -> RateLimitPolicy {
+    if let Some(metrics) = metrics {
+        policy.count_decisions(metrics);
+    }
+    policy
+}
+
 fn merge(global: &RoutePolicies, route: RoutePolicies) -> RoutePolicies {
     RoutePolicies {
         ip_restriction: route.ip_restriction.or_else(|| global.ip_restriction.clone()),

@@ -63,6 +63,18 @@ struct RejectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `rate_limit` or `quota`.
+    policy: &'static str,
+    /// Where it is configured: `global`, `listener:NAME`, `route:NAME`.
+    scope: String,
+    /// The limit that refused (`""` when the request passed every limit).
+    limit: String,
+    /// `allowed`, `limited`, or `unavailable` (Redis down with `on_redis_failure: deny`).
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConsumerLabels {
     consumer: String,
     route: String,
@@ -94,6 +106,7 @@ pub struct Metrics {
     received: Family<RouteLabels, Counter>,
     sent: Family<RouteLabels, Counter>,
     errors: Family<RejectionLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
     consumer_requests: Family<ConsumerLabels, Counter>,
     /// The consumers with series of their own (at most the configured number; the rest are
     /// `other`): the set survives reloads, as the series do.
@@ -124,6 +137,7 @@ impl Metrics {
         let received = Family::<RouteLabels, Counter>::default();
         let sent = Family::<RouteLabels, Counter>::default();
         let errors = Family::<RejectionLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
         let consumer_requests = Family::<ConsumerLabels, Counter>::default();
         let upstream_outcomes = Family::<UpstreamOutcomeLabels, Counter>::default();
         let upstream_durations =
@@ -146,6 +160,11 @@ impl Metrics {
             "errors",
             "Requests the gateway refused or failed itself, by route and error code (rate_limited, quota_exceeded, unauthorized, upstream_timeout, …)",
             errors.clone(),
+        );
+        registry.register(
+            "rate_limit_decisions",
+            "Decisions of rate_limit and quota policies, by policy, scope, refusing limit and decision",
+            decisions.clone(),
         );
         registry.register(
             "consumer_requests",
@@ -171,6 +190,7 @@ impl Metrics {
             received,
             sent,
             errors,
+            decisions,
             consumer_requests,
             consumers_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             upstream_outcomes,
@@ -203,6 +223,25 @@ impl Metrics {
             cells: OnceLock::new(),
             bytes: OnceLock::new(),
         })
+    }
+
+    /// The decision counters of a `rate_limit` (or `quota`, with `quota`) policy configured at
+    /// `scope`, with these limits in order.
+    pub fn rate_limit<'a>(&self, quota: bool, scope: &str, limits: impl Iterator<Item = &'a str>) -> RateLimitCounters {
+        let policy = if quota { "quota" } else { "rate_limit" };
+        let counter = |limit: &str, decision| {
+            self.decisions.get_or_create_owned(&DecisionLabels {
+                policy,
+                scope: scope.to_owned(),
+                limit: limit.to_owned(),
+                decision,
+            })
+        };
+        RateLimitCounters {
+            allowed: counter("", "allowed"),
+            limited: limits.map(|l| counter(l, "limited")).collect(),
+            unavailable: counter("", "unavailable"),
+        }
     }
 
     /// The handles of an upstream.
@@ -377,6 +416,14 @@ impl RouteMetrics {
             sent.inc_by(bytes_out);
         }
     }
+}
+
+/// A rate-limit policy's decision counters, resolved when it is compiled.
+pub struct RateLimitCounters {
+    pub allowed: Counter,
+    /// By limit, in the policy's order.
+    pub limited: Box<[Counter]>,
+    pub unavailable: Counter,
 }
 
 /// An upstream's handles.

@@ -115,6 +115,15 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     // The gateway's own error answers, by code.
     assert_eq!(s["gatehouse_errors_total{listener=\"public\",route=\"\",code=\"route_not_found\"}"], 50.0);
     assert_eq!(s["gatehouse_errors_total{listener=\"public\",route=\"limited\",code=\"rate_limited\"}"], 2.0);
+    // The rate limit's own decisions, by the limit that refused.
+    let decision = |limit: &str, decision: &str| {
+        s[&format!(
+            "gatehouse_rate_limit_decisions_total{{policy=\"rate_limit\",scope=\"route:limited\",limit=\"{limit}\",decision=\"{decision}\"}}"
+        )]
+    };
+    assert_eq!(decision("", "allowed"), 1.0);
+    assert_eq!(decision("1/h", "limited"), 2.0);
+    assert_eq!(decision("", "unavailable"), 0.0);
     // An upstream's own 503 is passed on, not a gateway error.
     for route in ["users", "broken"] {
         let label = format!("route=\"{route}\"");

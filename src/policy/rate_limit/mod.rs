@@ -51,6 +51,8 @@ pub struct RateLimitPolicy {
     quota: bool,
     /// Where it is configured (`global`, `listener:NAME`, `route:NAME`).
     scope: Box<str>,
+    /// Decision counters, when metrics are on.
+    counted: Option<Box<crate::telemetry::metrics::RateLimitCounters>>,
 }
 
 /// One limit's use by one consumer (the admin API's usage read-out).
@@ -339,6 +341,30 @@ impl RateLimitPolicy {
         out
     }
 
+    /// Counts this policy's decisions in `metrics`.
+    pub fn count_decisions(&mut self, metrics: &crate::telemetry::metrics::Metrics) {
+        let counters = metrics.rate_limit(self.quota, &self.scope, self.limits.iter().map(|l| &*l.name));
+        self.counted = Some(Box::new(counters));
+    }
+
+    fn count(&self, outcome: &Result<(), ProxyError>, refused: Option<usize>) {
+        let Some(counted) = &self.counted else { return };
+        match (outcome, refused) {
+            (Ok(()), _) => {
+                counted.allowed.inc();
+            }
+            (Err(ProxyError::RateLimitUnavailable), _) => {
+                counted.unavailable.inc();
+            }
+            (Err(_), Some(i)) => {
+                if let Some(c) = counted.limited.get(i) {
+                    c.inc();
+                }
+            }
+            (Err(_), None) => {}
+        }
+    }
+
     /// Whether deciding needs a round trip (`backend: redis`, `sync: strict`): then call
     /// `check_shared`.
     pub fn is_shared(&self) -> bool {
@@ -348,10 +374,21 @@ impl RateLimitPolicy {
     /// Decides the request with this node's counters: `Err` (429) when a limit refuses it. Either
     /// way `report` receives what the client is told in the response headers.
     pub fn check(self: &Arc<Self>, source: &KeySource<'_>, report: &mut Option<RateReport>) -> Result<(), ProxyError> {
+        let (outcome, refused) = self.check_local(source, report);
+        self.count(&outcome, refused);
+        outcome
+    }
+
+    /// `check`, saying which limit refused.
+    fn check_local(
+        self: &Arc<Self>,
+        source: &KeySource<'_>,
+        report: &mut Option<RateReport>,
+    ) -> (Result<(), ProxyError>, Option<usize>) {
         let batch = self.shared.as_ref().and_then(|s| s.batch.as_ref().map(|b| (s, b)));
         if let Some((shared, _)) = batch {
             if shared.deny_on_failure && !shared.backend.available() {
-                return Err(ProxyError::RateLimitUnavailable);
+                return (Err(ProxyError::RateLimitUnavailable), None);
             }
         }
         let now = now_ns();
@@ -385,7 +422,7 @@ impl RateLimitPolicy {
                     });
                 }
                 *report = self.report(decisions);
-                return Err(self.refusal(i, &decision));
+                return (Err(self.refusal(i, &decision)), Some(i));
             }
         }
         if let Some((shared, batch)) = batch {
@@ -400,7 +437,7 @@ impl RateLimitPolicy {
             }
         }
         *report = self.report(decisions);
-        Ok(())
+        (Ok(()), None)
     }
 
     /// Decides the request with the counters in Redis, one round trip per group of limits that
@@ -460,11 +497,14 @@ impl RateLimitPolicy {
                     retry_after_ns: 0,
                 });
                 *report = self.report(&decisions);
-                return Err(self.refusal(index, &refusal));
+                let refused = Err(self.refusal(index, &refusal));
+                self.count(&refused, Some(index));
+                return refused;
             }
             taken.push((keys, args));
         }
         *report = self.report(&decisions);
+        self.count(&Ok(()), None);
         Ok(())
     }
 
@@ -475,7 +515,9 @@ impl RateLimitPolicy {
         report: &mut Option<RateReport>,
     ) -> Result<(), ProxyError> {
         if shared.deny_on_failure {
-            return Err(ProxyError::RateLimitUnavailable);
+            let unavailable = Err(ProxyError::RateLimitUnavailable);
+            self.count(&unavailable, None);
+            return unavailable;
         }
         self.check(source, report)
     }
@@ -793,6 +835,7 @@ fn build(
         shared,
         quota: common.quota,
         scope: scope.into(),
+        counted: None,
     })
 }
 
