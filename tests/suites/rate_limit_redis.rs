@@ -133,7 +133,8 @@ async fn a_redis_outage_falls_back_to_local_counts_and_recovers() {
 async fn fail_closed_refuses_with_503_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let app = Upstream::echo("app");
-    let gw = TestGateway::start(&config(&app, &redis, "{ rate: 3/min, backend: redis, on_redis_failure: deny }"));
+    let policy = "{ rate: 3/min, backend: redis, on_redis_failure: deny }";
+    let gw = TestGateway::start(&format!("admin: {{ address: \"127.0.0.1:0\" }}\n{}", config(&app, &redis, policy)));
     let mut client = Client::connect(gw.addr()).await;
     assert_eq!(get(&mut client, "/api/x").await.status, 200);
     redis.kill();
@@ -141,6 +142,14 @@ async fn fail_closed_refuses_with_503_while_redis_is_down() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.error_code(), "rate_limit_unavailable");
     assert_eq!(app.requests(), 1);
+    // The metrics tell the allowed decision from the one Redis could not make.
+    let metrics = crate::common::get(gw.gateway.admin_addr().unwrap(), "/metrics").await.text();
+    for (decision, count) in [("allowed", 1), ("unavailable", 1)] {
+        let line = format!(
+            "gatehouse_rate_limit_decisions_total{{policy=\"rate_limit\",scope=\"route:limited\",limit=\"\",decision=\"{decision}\"}} {count}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&mut client, "/api/x").await.status != 200 {
