@@ -524,19 +524,23 @@ fn check_settings(
     if !c.service.is_empty() && c.kind != HealthCheckKind::Grpc {
         return Err(("service".into(), "applies to `type: grpc` only".into()));
     }
+    // The HTTP check's fields mean nothing to a TCP or gRPC check: say so rather than ignore them.
+    let defaults = crate::config::HealthCheckConfig::default();
+    let http_only = [
+        ("path", c.path != defaults.path),
+        ("expect_status", c.expect_status != defaults.expect_status),
+        ("body_contains", c.body_contains.is_some()),
+        ("host", c.host.is_some() && c.kind == HealthCheckKind::Tcp),
+    ];
+    if c.kind != HealthCheckKind::Http {
+        if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
+            let applies = if *field == "host" { "`type: http` and `type: grpc`" } else { "`type: http`" };
+            return Err(((*field).into(), format!("applies to {applies} only")));
+        }
+    }
     let kind = match c.kind {
         HealthCheckKind::Tcp => CheckKind::Tcp,
         HealthCheckKind::Grpc => {
-            // The HTTP check's fields mean nothing to a gRPC check: say so rather than ignore them.
-            let defaults = crate::config::HealthCheckConfig::default();
-            let http_only = [
-                ("path", c.path != defaults.path),
-                ("expect_status", c.expect_status != defaults.expect_status),
-                ("body_contains", c.body_contains.is_some()),
-            ];
-            if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
-                return Err(((*field).into(), "applies to `type: http` only".into()));
-            }
             if let Some(authority) = c.host.as_ref().filter(|h| h.parse::<http::uri::Authority>().is_err()) {
                 return Err(("host".into(), format!("\"{authority}\" is not a host[:port]")));
             }

@@ -471,6 +471,11 @@ pub struct Live<'a> {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
 }
@@ -491,6 +496,9 @@ struct BreakerLabels {
 pub fn live_registry(live: &Live<'_>) -> Registry {
     let mut registry = Registry::with_prefix("gatehouse");
     let now = crate::transport::clock::now_ms();
+    let info = Family::<VersionLabels, Gauge>::default();
+    info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+    registry.register("build_info", "1, labelled with the running gatehouse's version", info);
     let generation = Gauge::<i64>::default();
     generation.set(i64::try_from(live.generation).unwrap_or(i64::MAX));
     registry.register(

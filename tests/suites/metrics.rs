@@ -145,6 +145,7 @@ async fn requests_are_counted_by_route_upstream_method_and_status_class() {
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_requests_total{endpoint}")], 6.0);
     assert_eq!(s[&format!("gatehouse_upstream_endpoint_in_flight{endpoint}")], 0.0);
     assert_eq!(s["gatehouse_config_generation"], 1.0);
+    assert_eq!(s[&format!("gatehouse_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
     assert_eq!(s["gatehouse_connections_open{listener=\"public\"}"], 1.0, "this test's client");
     assert_eq!(s["gatehouse_requests_in_flight{listener=\"public\"}"], 0.0, "every request answered");
 

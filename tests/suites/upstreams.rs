@@ -186,6 +186,12 @@ fn bad_upstream_settings_are_refused() {
         ("    health_check: { type: grpc, host: \"not a host\" }", "is not a host[:port]"),
         ("    health_check: { type: http, service: users.v1.Users }", "applies to `type: grpc` only"),
         ("    health_check: { type: tcp, port: 0 }", "a port from 1 to 65535"),
+        ("    health_check: { type: tcp, path: /healthz }", "path: applies to `type: http` only"),
+        ("    health_check: { type: tcp, body_contains: ok }", "body_contains: applies to `type: http` only"),
+        (
+            "    health_check: { type: tcp, host: users.internal }",
+            "host: applies to `type: http` and `type: grpc` only",
+        ),
         ("    health_check: { type: grpc, port: 70000 }", "health_check.port: 70000 is out of range"),
     ] {
         let err = match TestGateway::try_start(&config(&[&a], settings)) {
