@@ -87,8 +87,8 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Also count requests per identified consumer (`gatehouse_consumer_requests_total`).
     pub consumers: bool,
-    /// With `consumers`: the most consumers given a series of their own; later ones are
-    /// counted as `consumer="other"`.
+    /// With `consumers`: the first this many consumers of the config's `consumers` list have
+    /// series of their own; the others are counted as `consumer="other"`.
     pub max_consumers: u32,
 }
 

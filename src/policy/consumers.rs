@@ -19,6 +19,8 @@ pub static CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-gro
 #[derive(Debug)]
 pub struct Consumer {
     pub name: Arc<str>,
+    /// Its place in the config's `consumers` list, from 0.
+    pub position: usize,
     pub groups: Vec<Arc<str>>,
     pub plan: Option<Arc<str>>,
     pub metadata: BTreeMap<String, String>,
@@ -303,6 +305,7 @@ impl ConsumerIndex {
             }
             index.consumers.push(Arc::new(Consumer {
                 name: Arc::from(c.name.as_str()),
+                position: index.consumers.len(),
                 groups: c.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
                 plan: c.plan.as_deref().map(Arc::from),
                 metadata: c.metadata.clone(),

@@ -73,7 +73,6 @@ impl HttpProxy {
                 method: req.method(),
                 uri: req.uri(),
                 user_agent: req.headers().get(header::USER_AGENT),
-                metrics: listener.unrouted.as_ref(),
             },
         );
         let mut exchange = Exchange {
@@ -89,6 +88,7 @@ impl HttpProxy {
         };
         let result = exchange.handle(req).await;
         let Exchange { mut log, request_id, cors, rate_reports, slot, in_flight, .. } = exchange;
+        log.set_unrouted(listener.unrouted.as_ref());
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -241,7 +241,7 @@ impl Exchange<'_> {
         let mut state = RequestState::default();
         let outcome = policy::apply_request_policies(policies, &mut parts.headers, &facts, &mut state).await;
         if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
-            self.log.set_consumer(&consumer.name);
+            self.log.set_consumer(consumer);
         }
         self.rate_reports = [state.rate_report.take(), state.quota_report.take()];
         self.slot = state.slot.take();
@@ -264,13 +264,13 @@ impl Exchange<'_> {
             query: parts.uri.query(),
             route_match: &route_match,
         };
-        let upstream = match (&route.split, &route.upstream) {
+        let (side, upstream) = match (&route.split, &route.upstream) {
             (Some(split), _) => split.pick(split.on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source))),
-            (None, Some(upstream)) => upstream,
+            (None, Some(upstream)) => (0, upstream),
             // Compile guarantees a route either has an upstream or answers by itself.
             (None, None) => return Err(ProxyError::NoEndpoint(route.name.to_string())),
         };
-        self.log.set_upstream_name(&upstream.name);
+        self.log.set_upstream_side(side);
         let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);

@@ -171,14 +171,15 @@ pub struct Split {
 }
 
 impl Split {
-    /// The upstream for a request: by `hash` when sticky, else at random.
-    pub fn pick(&self, hash: Option<u64>) -> &Arc<Upstream> {
+    /// The upstream for a request, with its position among the choices: by `hash` when sticky,
+    /// else at random.
+    pub fn pick(&self, hash: Option<u64>) -> (usize, &Arc<Upstream>) {
         let x = match hash {
             Some(h) => h % self.total.max(1),
             None => fastrand::u64(0..self.total.max(1)),
         };
         let i = self.choices.partition_point(|(_, c)| *c <= x).min(self.choices.len() - 1);
-        &self.choices[i].0
+        (i, &self.choices[i].0)
     }
 }
 

@@ -108,9 +108,6 @@ pub struct Metrics {
     errors: Family<RejectionLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     consumer_requests: Family<ConsumerLabels, Counter>,
-    /// The consumers with series of their own (at most the configured number; the rest are
-    /// `other`): the set survives reloads, as the series do.
-    consumers_seen: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     upstream_outcomes: Family<UpstreamOutcomeLabels, Counter>,
     upstream_durations: Histograms<UpstreamLabels>,
     retries: Family<UpstreamLabels, Counter>,
@@ -192,7 +189,6 @@ impl Metrics {
             errors,
             decisions,
             consumer_requests,
-            consumers_seen: std::sync::Mutex::new(std::collections::HashSet::new()),
             upstream_outcomes,
             upstream_durations,
             retries,
@@ -327,8 +323,8 @@ pub struct RouteMetrics {
     metrics: Arc<Metrics>,
     listener: Arc<str>,
     route: Arc<str>,
-    /// The upstreams a request may go to (a split's sides); the side after the last is "none":
-    /// the gateway answered by itself.
+    /// The upstreams a request may go to, in the order of the route's split (or its one
+    /// upstream); a request of no side was answered by the gateway itself.
     upstreams: Vec<Arc<str>>,
     /// Allocated at the route's first request (a config of 10,000 routes pays only for those
     /// that see traffic); each cell is created at its first request.
@@ -340,16 +336,6 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// The side of a request answered without an upstream.
-    pub fn no_upstream(&self) -> usize {
-        self.upstreams.len()
-    }
-
-    /// The side of `upstream`, the gateway's own when it is not one of this route's.
-    pub fn side_of(&self, upstream: &str) -> usize {
-        self.upstreams.iter().position(|u| &**u == upstream).unwrap_or(self.upstreams.len())
-    }
-
     /// Counts an answer the gateway gave with an error code (a rejection by a policy, or a
     /// failure to get an upstream's answer). Only on that path: the labels are looked up here.
     pub fn errored(&self, code: &'static str) {
@@ -362,28 +348,20 @@ impl RouteMetrics {
         self.max_consumers.is_some()
     }
 
-    /// Counts a finished request of an identified consumer (opt-in: it looks labels up).
-    pub fn record_consumer(&self, consumer: &Arc<str>, status: u16) {
+    /// Counts a finished request of an identified consumer (opt-in: it looks labels up). The
+    /// first `max_consumers` consumers of the config have series of their own; the others count
+    /// as `other`, so the series are bounded by the config, not by who calls.
+    pub fn record_consumer(&self, consumer: &crate::policy::Consumer, status: u16) {
         let Some(max) = self.max_consumers else { return };
-        let name = {
-            let mut seen = self.metrics.consumers_seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.contains(consumer) {
-                consumer.to_string()
-            } else if seen.len() < max {
-                seen.insert(consumer.clone());
-                consumer.to_string()
-            } else {
-                "other".to_owned()
-            }
-        };
+        let name = if consumer.position < max { consumer.name.to_string() } else { "other".to_owned() };
         let labels =
             ConsumerLabels { consumer: name, route: self.route.to_string(), status: STATUSES[status_class(status)] };
         self.metrics.consumer_requests.get_or_create(&labels).inc();
     }
 
     /// Counts one finished request.
-    pub fn record(&self, side: usize, method: u8, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
-        let side = side.min(self.upstreams.len());
+    pub fn record(&self, side: Option<usize>, method: u8, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        let side = side.map_or(self.upstreams.len(), |s| s.min(self.upstreams.len()));
         let (m, s) = (usize::from(method).min(METHODS.len() - 1), status_class(status));
         let index = (side * METHODS.len() + m) * STATUSES.len() + s;
         let cells = self.cells.get_or_init(|| {
@@ -574,9 +552,9 @@ mod tests {
     fn cells_are_indexed_by_side_method_and_status() {
         let metrics = Arc::new(Metrics::new());
         let route = metrics.route("public", "r", vec![Arc::from("a"), Arc::from("b")]);
-        route.record(route.side_of("b"), method_class(&http::Method::POST), 503, 0.01, 10, 20);
-        route.record(route.side_of("b"), method_class(&http::Method::POST), 500, 0.01, 0, 0);
-        route.record(route.no_upstream(), 99, 99, 0.01, 0, 0);
+        route.record(Some(1), method_class(&http::Method::POST), 503, 0.01, 10, 20);
+        route.record(Some(1), method_class(&http::Method::POST), 500, 0.01, 0, 0);
+        route.record(None, 99, 99, 0.01, 0, 0);
         let text = metrics.render(&Registry::default(), true);
         assert!(text.contains(
             "gatehouse_requests_total{listener=\"public\",route=\"r\",upstream=\"b\",method=\"POST\",status=\"5xx\"} 2"

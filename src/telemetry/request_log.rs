@@ -24,15 +24,16 @@ pub struct RequestLog {
     detail: Option<Box<Detail>>,
     finished: bool,
     head_fresh: bool,
-    /// The route's metric handles (the listener's unrouted ones until a route matches).
+    /// The route's metric handles (the listener's unrouted ones when no route matched).
     metrics: Option<Arc<RouteMetrics>>,
-    /// Which of the route's upstreams served the request (see `RouteMetrics::side_of`).
-    side: usize,
+    /// Which of the route's upstreams served the request, by position (None: the gateway
+    /// answered by itself).
+    side: Option<usize>,
     method: u8,
     /// Request body bytes, counted when the access log or the metrics want them.
     bytes_in: Option<Arc<AtomicU64>>,
     /// The identified consumer, when the metrics count consumers.
-    consumer: Option<Arc<str>>,
+    consumer: Option<Arc<crate::policy::Consumer>>,
 }
 
 struct Detail {
@@ -63,8 +64,6 @@ pub struct LogStart<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub user_agent: Option<&'a HeaderValue>,
-    /// The listener's metrics of requests that match no route.
-    pub metrics: Option<&'a Arc<RouteMetrics>>,
 }
 
 impl RequestLog {
@@ -90,8 +89,6 @@ impl RequestLog {
                 error: None,
             })
         });
-        let metrics = info.metrics.cloned();
-        let side = metrics.as_ref().map_or(0, |m| m.no_upstream());
         RequestLog {
             start,
             conn,
@@ -99,8 +96,8 @@ impl RequestLog {
             detail,
             finished: false,
             head_fresh,
-            metrics,
-            side,
+            metrics: None,
+            side: None,
             method: method_class(info.method),
             bytes_in: None,
             consumer: None,
@@ -154,25 +151,28 @@ impl RequestLog {
         if let Some(d) = &mut self.detail {
             d.route = Some(name.clone());
         }
-        if let Some(m) = metrics {
-            self.side = m.no_upstream();
-            self.metrics = Some(m.clone());
+        self.metrics = metrics.cloned();
+    }
+
+    /// Requests that matched no route are counted with these (the listener's) handles.
+    pub fn set_unrouted(&mut self, metrics: Option<&Arc<RouteMetrics>>) {
+        if self.metrics.is_none() {
+            self.metrics = metrics.cloned();
         }
     }
 
-    /// The upstream the request goes to (for the metrics' `upstream` label).
-    pub fn set_upstream_name(&mut self, name: &str) {
-        if let Some(m) = &self.metrics {
-            self.side = m.side_of(name);
-        }
+    /// The position, among the route's upstreams, of the one the request goes to (for the
+    /// metrics' `upstream` label).
+    pub fn set_upstream_side(&mut self, side: usize) {
+        self.side = Some(side);
     }
 
-    pub fn set_consumer(&mut self, name: &Arc<str>) {
+    pub fn set_consumer(&mut self, consumer: &Arc<crate::policy::Consumer>) {
         if let Some(d) = &mut self.detail {
-            d.consumer = Some(name.clone());
+            d.consumer = Some(consumer.name.clone());
         }
         if self.metrics.as_ref().is_some_and(|m| m.counts_consumers()) {
-            self.consumer = Some(name.clone());
+            self.consumer = Some(consumer.clone());
         }
     }
 

@@ -210,7 +210,9 @@ routes:
         app.url()
     ));
     let mut client = Client::connect(gw.addr()).await;
-    for (key, times) in [("alice-key-0123456789", 3), ("bob-key-0123456789ab", 2), ("carol-key-0123456789", 4)] {
+    // Carol calls first, but she is third in the config: the cap goes by the config, not by who
+    // calls first, so the series do not depend on traffic.
+    for (key, times) in [("carol-key-0123456789", 4), ("alice-key-0123456789", 3), ("bob-key-0123456789ab", 2)] {
         for _ in 0..times {
             assert_eq!(client.request("GET", "/api/x", &[("x-api-key", key)], "").await.status, 200);
         }
@@ -229,4 +231,43 @@ routes:
     assert_eq!(count("other", "2xx"), Some(4.0));
     let series = s.keys().filter(|k| k.starts_with("gatehouse_consumer_requests_total{")).count();
     assert_eq!(series, 3, "an unidentified request is no consumer");
+}
+
+#[tokio::test]
+async fn a_split_counts_each_answer_under_the_side_that_gave_it() {
+    let app = Upstream::echo("app");
+    let failing = Upstream::start("failing", UpstreamBehaviour::Status(503));
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+  failing: {{ endpoints: ["{}"], retries: {{ attempts: 0 }}, passive_health: {{ consecutive_failures: 0 }} }}
+routes:
+  - {{ name: canary, split: [{{ upstream: app, weight: 1 }}, {{ upstream: failing, weight: 1 }}] }}
+"#,
+        app.url(),
+        failing.url()
+    ));
+    let mut client = Client::connect(gw.addr()).await;
+    let mut answered = (0.0, 0.0);
+    for _ in 0..40 {
+        match client.get("/x").await.status.as_u16() {
+            200 => answered.0 += 1.0,
+            _ => answered.1 += 1.0,
+        }
+    }
+    assert!(answered.0 > 0.0 && answered.1 > 0.0, "both sides drawn: {answered:?}");
+    let (_, text) = scrape(&gw, None).await;
+    let s = samples(&text);
+    let count = |upstream: &str, status: &str| {
+        let key = format!(
+            "gatehouse_requests_total{{listener=\"public\",route=\"canary\",upstream=\"{upstream}\",method=\"GET\",status=\"{status}\"}}"
+        );
+        s.get(&key).copied()
+    };
+    // app answered every 200, failing every 503: a side mixed up would show the other pairs.
+    assert_eq!(count("app", "2xx"), Some(answered.0), "{text}");
+    assert_eq!(count("failing", "5xx"), Some(answered.1), "{text}");
+    assert_eq!((count("app", "5xx"), count("failing", "2xx")), (None, None), "{text}");
 }
