@@ -72,10 +72,8 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     reloads: Mutex<VecDeque<ReloadRecord>>,
     pub started: SystemTime,
-    /// Client connections open per listener (shared with the proxy).
-    pub open_connections: Arc<[std::sync::atomic::AtomicUsize]>,
-    /// Requests in flight per listener (shared with the connections).
-    pub requests_in_flight: crate::telemetry::metrics::Counts,
+    /// Connections and requests per listener (shared with the proxy and its connections).
+    pub counts: crate::transport::conn::Counts,
 }
 
 impl Shared {
@@ -155,8 +153,7 @@ impl Shared {
         let live = crate::telemetry::metrics::Live {
             generation: self.generation(),
             snapshot: &snapshot,
-            connections: &self.open_connections,
-            requests: &self.requests_in_flight,
+            counts: &self.counts,
         };
         self.registry.metrics.render(&crate::telemetry::metrics::live_registry(&live), openmetrics)
     }
@@ -190,10 +187,7 @@ impl Gateway {
         let ctx = Context { registry: &registry, bound: Some(&names), generation: 1, dry_run: false };
         let snapshot = compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))?;
         let admin_config = snapshot.config.admin.clone();
-        let open_connections: Arc<[std::sync::atomic::AtomicUsize]> =
-            (0..snapshot.listeners.len()).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
-        let requests_in_flight: crate::telemetry::metrics::Counts =
-            (0..snapshot.listeners.len()).map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0))).collect();
+        let counts = crate::transport::conn::counts(snapshot.listeners.len());
         let handle = SnapshotHandle::new(snapshot);
         let shared = Arc::new(Shared {
             snapshot: handle.clone(),
@@ -206,10 +200,9 @@ impl Gateway {
             reload_lock: Mutex::new(()),
             reloads: Mutex::new(VecDeque::new()),
             started: SystemTime::now(),
-            open_connections: open_connections.clone(),
-            requests_in_flight: requests_in_flight.clone(),
+            counts: counts.clone(),
         });
-        let proxy = Arc::new(HttpProxy::new(handle, open_connections, requests_in_flight));
+        let proxy = Arc::new(HttpProxy::new(handle, counts));
         let admin = if admin_config.enabled {
             let address: SocketAddr = admin_config
                 .address

@@ -38,20 +38,13 @@ use error::{ErrorSource, ProxyError};
 
 pub struct HttpProxy {
     pub snapshot: SnapshotHandle,
-    /// Client connections open on each listener, over all workers (for `max_connections`, and
-    /// the metrics).
-    pub open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>,
-    /// Requests in flight on each listener (for the metrics).
-    pub requests_in_flight: crate::telemetry::metrics::Counts,
+    /// Connections and requests on each listener, over all workers.
+    pub counts: crate::transport::conn::Counts,
 }
 
 impl HttpProxy {
-    pub fn new(
-        snapshot: SnapshotHandle,
-        open_connections: std::sync::Arc<[std::sync::atomic::AtomicUsize]>,
-        requests_in_flight: crate::telemetry::metrics::Counts,
-    ) -> Self {
-        HttpProxy { snapshot, open_connections, requests_in_flight }
+    pub fn new(snapshot: SnapshotHandle, counts: crate::transport::conn::Counts) -> Self {
+        HttpProxy { snapshot, counts }
     }
 
     /// Serves one request. Never fails: errors are responses.

@@ -435,17 +435,12 @@ impl UpstreamMetrics {
     }
 }
 
-/// A count per listener, shared by the connections and the scrape.
-pub type Counts = Arc<[Arc<std::sync::atomic::AtomicUsize>]>;
-
 /// What is read at scrape time from the running gateway.
 pub struct Live<'a> {
     pub generation: u64,
     pub snapshot: &'a crate::state::Snapshot,
-    /// Open client connections per listener (by listener id).
-    pub connections: &'a [std::sync::atomic::AtomicUsize],
-    /// Requests in flight per listener.
-    pub requests: &'a Counts,
+    /// Connections and requests in flight per listener (by listener id).
+    pub counts: &'a [Arc<crate::transport::conn::ListenerCounts>],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -495,9 +490,9 @@ pub fn live_registry(live: &Live<'_>) -> Registry {
         }
         family
     };
-    let open = per_listener(&|id| live.connections.get(id).map_or(0, |c| c.load(Ordering::Relaxed)));
+    let open = per_listener(&|id| live.counts.get(id).map_or(0, |c| c.connections.load(Ordering::Relaxed)));
     registry.register("connections_open", "Client connections open, by listener", open);
-    let requests = per_listener(&|id| live.requests.get(id).map_or(0, |c| c.load(Ordering::Relaxed)));
+    let requests = per_listener(&|id| live.counts.get(id).map_or(0, |c| c.requests.load(Ordering::Relaxed)));
     registry.register("requests_in_flight", "Requests received and not yet answered in full, by listener", requests);
 
     let healthy = Family::<EndpointLabels, Gauge>::default();

@@ -58,8 +58,24 @@ pub struct ConnState {
     head: Mutex<Vec<u8>>,
     /// Whether `head` holds the head of the next request to be dispatched.
     head_fresh: AtomicBool,
-    /// The listener's count of requests in flight (for the metrics).
-    listener_requests: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// The listener's counts, whose requests in flight this connection's requests are.
+    listener: Option<Arc<ListenerCounts>>,
+}
+
+/// What a listener counts over all workers: its open connections (for `max_connections`) and
+/// its requests in flight; both are in the metrics.
+#[derive(Debug, Default)]
+pub struct ListenerCounts {
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+/// The counts of each listener, by listener id.
+pub type Counts = Arc<[Arc<ListenerCounts>]>;
+
+/// Fresh counts for `listeners` listeners.
+pub fn counts(listeners: usize) -> Counts {
+    (0..listeners).map(|_| Arc::default()).collect()
 }
 
 /// Most bytes of a raw request head kept for inspection.
@@ -70,8 +86,8 @@ impl ConnState {
         ConnState::counted(None)
     }
 
-    /// A connection whose requests in flight are also counted in `listener_requests`.
-    pub fn counted(listener_requests: Option<Arc<std::sync::atomic::AtomicUsize>>) -> Arc<ConnState> {
+    /// A connection whose requests in flight are also counted in its listener's `requests`.
+    pub fn counted(listener: Option<Arc<ListenerCounts>>) -> Arc<ConnState> {
         Arc::new(ConnState {
             phase: AtomicU8::new(Phase::ReadingHead as u8),
             since_ms: AtomicU64::new(clock::now_ms()),
@@ -80,7 +96,7 @@ impl ConnState {
             waker: AtomicWaker::new(),
             head: Mutex::new(Vec::new()),
             head_fresh: AtomicBool::new(true),
-            listener_requests,
+            listener,
         })
     }
 
@@ -98,8 +114,8 @@ impl ConnState {
     #[inline]
     pub fn begin_request(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(counter) = &self.listener_requests {
-            counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(listener) = &self.listener {
+            listener.requests.fetch_add(1, Ordering::Relaxed);
         }
         self.phase.store(Phase::Active as u8, Ordering::Relaxed);
         self.head_fresh.swap(false, Ordering::Relaxed)
@@ -116,8 +132,8 @@ impl ConnState {
     /// The response of a request is finished (its body ended or was dropped).
     #[inline]
     pub fn end_request(&self) {
-        if let Some(counter) = &self.listener_requests {
-            counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(listener) = &self.listener {
+            listener.requests.fetch_sub(1, Ordering::Relaxed);
         }
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.since_ms.store(clock::now_ms(), Ordering::Relaxed);

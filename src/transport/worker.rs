@@ -154,7 +154,7 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
                     drop(stream);
                     continue;
                 };
-                let state = ConnState::counted(proxy.requests_in_flight.get(id).cloned());
+                let state = ConnState::counted(Some(open.0.clone()));
                 connections.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
@@ -173,28 +173,23 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
 
 /// Counts a new connection on listener `id`, unless the listener is full.
 fn admit(proxy: &Arc<HttpProxy>, id: usize) -> Option<OpenConnection> {
-    let counter = proxy.open_connections.get(id)?;
+    let counts = proxy.counts.get(id)?;
     let limit = proxy.snapshot.load().listeners.get(id).and_then(|l| l.max_connections);
-    let before = counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let before = counts.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let open = OpenConnection(counts.clone());
     if limit.is_some_and(|max| before >= max) {
-        counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         tracing::debug!(listener = id, "connection refused: the listener's max_connections is reached");
         return None;
     }
-    Some(OpenConnection { proxy: proxy.clone(), id })
+    Some(open)
 }
 
 /// Holds a listener's connection count up while the connection is open.
-struct OpenConnection {
-    proxy: Arc<HttpProxy>,
-    id: usize,
-}
+struct OpenConnection(Arc<crate::transport::conn::ListenerCounts>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        if let Some(counter) = self.proxy.open_connections.get(self.id) {
-            counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
