@@ -71,8 +71,7 @@ pub struct MemberSpec {
 
 impl Members {
     pub fn empty(spec: &MemberSpec) -> Members {
-        Members { endpoints: Vec::new(), balancer: Balancer::random(&[]), _probers: Vec::new() }
-            .with_balancer(spec, None)
+        Members { endpoints: Vec::new(), balancer: balancer(spec, &[], None), _probers: Vec::new() }
     }
 
     /// The endpoints at `targets` (their state taken from the registry, so an address keeps its
@@ -100,33 +99,34 @@ impl Members {
                 .collect(),
             _ => Vec::new(),
         };
-        Members { endpoints, balancer: Balancer::random(&[]), _probers: probers }.with_balancer(spec, Some(registry))
+        Members { balancer: balancer(spec, &endpoints, Some(registry)), endpoints, _probers: probers }
     }
+}
 
-    fn with_balancer(mut self, spec: &MemberSpec, registry: Option<&Registry>) -> Members {
-        use crate::config::BalanceConfig;
-        use std::hash::{Hash, Hasher};
-        let weights: Vec<u32> = self.endpoints.iter().map(|e| e.weight).collect();
-        self.balancer = match spec.balance {
-            BalanceConfig::RoundRobin => {
-                // Same endpoints and weights → same rotation: it continues across reloads.
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                for e in &self.endpoints {
-                    e.url.hash(&mut hasher);
-                    e.weight.hash(&mut hasher);
-                }
-                let key = format!("{}#{:x}", spec.upstream, hasher.finish());
-                Balancer::round_robin(&weights, registry.map(|r| r.balancer(&key)).unwrap_or_default())
+/// The balancer of `spec.balance` over `endpoints`; a round-robin's position is kept in the
+/// registry, when there is one.
+fn balancer(spec: &MemberSpec, endpoints: &[Arc<Endpoint>], registry: Option<&Registry>) -> Balancer {
+    use crate::config::BalanceConfig;
+    use std::hash::{Hash, Hasher};
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+    match spec.balance {
+        BalanceConfig::RoundRobin => {
+            // Same endpoints and weights → same rotation: it continues across reloads.
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for e in endpoints {
+                e.url.hash(&mut hasher);
+                e.weight.hash(&mut hasher);
             }
-            BalanceConfig::Random => Balancer::random(&weights),
-            BalanceConfig::LeastRequest => Balancer::LeastRequest,
-            BalanceConfig::Ewma => Balancer::PeakEwma,
-            BalanceConfig::ConsistentHash => {
-                let names: Vec<&str> = self.endpoints.iter().map(|e| &*e.url).collect();
-                Balancer::ring(&names, &weights)
-            }
-        };
-        self
+            let key = format!("{}#{:x}", spec.upstream, hasher.finish());
+            Balancer::round_robin(&weights, registry.map(|r| r.balancer(&key)).unwrap_or_default())
+        }
+        BalanceConfig::Random => Balancer::random(&weights),
+        BalanceConfig::LeastRequest => Balancer::LeastRequest,
+        BalanceConfig::Ewma => Balancer::PeakEwma,
+        BalanceConfig::ConsistentHash => {
+            let names: Vec<&str> = endpoints.iter().map(|e| &*e.url).collect();
+            Balancer::ring(&names, &weights)
+        }
     }
 }
 
