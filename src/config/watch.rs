@@ -110,4 +110,33 @@ mod tests {
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
+
+    #[test]
+    fn a_file_being_written_is_not_reloaded_until_it_settles() {
+        let temp = tempfile::tempdir().unwrap();
+        let file = temp.path().join("config.yaml");
+        std::fs::write(&file, "a: 0\n").unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let _w = watch(file.clone(), Duration::from_millis(100), move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        // Rewritten in place every millisecond for a while: no two reads 100ms apart agree.
+        let started = std::time::Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_millis(700) {
+            n += 1;
+            std::fs::write(&file, format!("a: {n}\n")).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 0, "reloaded while the file was still being written");
+        // Settled: the last content is taken, once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
 }

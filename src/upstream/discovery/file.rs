@@ -76,6 +76,39 @@ fn first(diagnostics: &[crate::config::Diagnostic]) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_file_being_written_is_not_taken_until_it_settles() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("endpoints.yaml");
+        std::fs::write(&path, "- http://10.0.0.1:1\n").unwrap();
+        let source = File { path: path.clone(), interval: Duration::from_secs(1) };
+        assert_eq!(source.look().await.unwrap().targets.len(), 1, "a settled file is read");
+        // Rewritten in place every millisecond (each content a valid list): no two reads 50ms
+        // apart agree, so nothing is taken.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut n = 1u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n = n % 60_000 + 1;
+                    let _ = std::fs::write(&path, format!("- http://10.0.0.1:{n}\n- http://10.0.0.2:{n}\n"));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let mut taken = 0;
+        for _ in 0..5 {
+            if source.look().await.is_ok() {
+                taken += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(taken <= 1, "{taken} of 5 looks took a file still being written");
+        assert_eq!(source.look().await.unwrap().targets.len(), 2, "settled again: read");
+    }
+
     #[test]
     fn lists_parse_like_endpoints_and_bad_ones_are_refused_whole() {
         let targets = parse("- http://10.0.0.1:8080\n- { url: \"http://b.internal:81\", weight: 3 }\n").unwrap();
