@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 
 use crate::app::Shared;
@@ -58,46 +58,58 @@ impl AdminServer {
     }
 }
 
-/// Every endpoint of the admin API as (method, path), as `router` serves them and
-/// docs/admin-openapi.json describes them (a test holds the three together).
-pub const ENDPOINTS: &[(&str, &str)] = &[
-    ("GET", "/health"),
-    ("GET", "/dashboard"),
-    ("GET", "/ready"),
-    ("GET", "/config"),
-    ("GET", "/routes"),
-    ("GET", "/reloads"),
-    ("POST", "/reload"),
-    ("GET", "/consumers/{name}/usage"),
-    ("GET", "/upstreams"),
-    ("GET", "/metrics"),
-    ("GET", "/explain"),
-];
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who reaches the admin listener (liveness, the dashboard page).
+    Open,
+    /// With `admin.token` set, only a caller presenting it.
+    Token,
+}
+
+/// Every endpoint of the admin API: (method, path, who may call it, handler). The router is
+/// built from this table, and docs/admin-openapi.json is checked against it.
+fn table() -> Vec<(&'static str, &'static str, Access, MethodRouter<Arc<Shared>>)> {
+    use Access::{Open, Token};
+    vec![
+        // Liveness stays open: a probe that cannot send headers must still see the process alive.
+        ("GET", "/health", Open, get(|| async { Json(json!({"status": "ok"})) })),
+        // So does the dashboard page: it holds no data, and asks for the token to fetch any.
+        ("GET", "/dashboard", Open, get(dashboard)),
+        ("GET", "/ready", Token, get(ready)),
+        ("GET", "/config", Token, get(config)),
+        ("GET", "/routes", Token, get(routes)),
+        ("GET", "/reloads", Token, get(reloads)),
+        ("POST", "/reload", Token, post(reload)),
+        ("GET", "/consumers/{name}/usage", Token, get(usage)),
+        ("GET", "/upstreams", Token, get(upstreams)),
+        ("GET", "/metrics", Token, get(metrics)),
+        ("GET", "/explain", Token, get(explain)),
+    ]
+}
+
+/// Every endpoint as (method, path, access): what the router serves.
+pub fn endpoints() -> Vec<(&'static str, &'static str, Access)> {
+    table().into_iter().map(|(method, path, access, _)| (method, path, access)).collect()
+}
 
 fn router(shared: Arc<Shared>) -> Router {
     // The token is read at startup, with the rest of `admin`.
     let token = shared.snapshot.load().config.admin.token.as_deref().map(digest);
-    let guarded = Router::new()
-        .route("/ready", get(ready))
-        .route("/config", get(config))
-        .route("/routes", get(routes))
-        .route("/reloads", get(reloads))
-        .route("/reload", post(reload))
-        .route("/consumers/{name}/usage", get(usage))
-        .route("/upstreams", get(upstreams))
-        .route("/metrics", get(metrics))
-        .route("/explain", get(explain))
-        .with_state(shared)
-        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+    let (mut open, mut guarded) = (Router::new(), Router::new());
+    for (_, path, access, handler) in table() {
+        match access {
+            Access::Open => open = open.route(path, handler),
+            Access::Token => guarded = guarded.route(path, handler),
+        }
+    }
+    let guarded = guarded.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
             let allowed = token.is_none_or(|want| presented(&request).is_some_and(|got| digest(got) == want));
             async move { if allowed { next.run(request).await } else { unauthorized() } }
-        }));
-    // Liveness stays open: a probe that cannot send headers must still see the process alive.
-    // So does the dashboard page: it holds no data, and asks for the token to fetch any.
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/dashboard", get(dashboard))
-        .merge(guarded)
+        },
+    ));
+    open.merge(guarded).with_state(shared)
 }
 
 /// The dashboard: one page, no build step; it polls the API above from the browser.
