@@ -17,13 +17,11 @@ fn read_lines(path: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
     }
 }
 
-#[tokio::test]
-async fn each_request_is_one_json_line_without_secrets() {
-    let upstream = Upstream::echo("app");
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let gw = TestGateway::start(&format!(
+/// A gateway logging to `log`, with a route `/app/**` to `upstream`, and `extra` top-level keys.
+fn app_config(log: &std::path::Path, upstream: &Upstream, extra: &str) -> String {
+    format!(
         r#"access_log: {{ enabled: true, path: "{}" }}
+{extra}
 listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 upstreams:
   app: {{ endpoints: ["{}"] }}
@@ -32,7 +30,15 @@ routes:
 "#,
         log.display(),
         upstream.url()
-    ));
+    )
+}
+
+#[tokio::test]
+async fn each_request_is_one_json_line_without_secrets() {
+    let upstream = Upstream::echo("app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&app_config(&log, &upstream, ""));
     let mut client = Client::connect(gw.addr()).await;
     let reply = client
         .request(
@@ -132,20 +138,7 @@ async fn with_tracing_the_trace_is_continued_upstream_and_logged() {
     let upstream = Upstream::echo("app");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let config = |tracing: &str| {
-        format!(
-            r#"access_log: {{ enabled: true, path: "{}" }}
-{tracing}
-listeners: [{{ name: public, address: "127.0.0.1:0" }}]
-upstreams:
-  app: {{ endpoints: ["{}"] }}
-routes:
-  - {{ name: app, match: {{ path: "/app/**" }}, upstream: app }}
-"#,
-            log.display(),
-            upstream.url()
-        )
-    };
+    let config = |tracing: &str| app_config(&log, &upstream, tracing);
     let gw = TestGateway::start(&config("tracing: { enabled: true, sampling: 1.0 }"));
     let mut client = Client::connect(gw.addr()).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";

@@ -5,15 +5,18 @@ use crate::common::{Client, TestGateway, Upstream};
 
 const TOKEN: &str = "s3cret-admin-token-0123456789";
 
+/// A gateway whose admin API needs `TOKEN`, with `rest` (upstreams, routes …) after its listener.
+fn with_token(rest: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        "admin: {{ address: \"127.0.0.1:0\", token: \"{TOKEN}\" }}\nlisteners: [{{ name: public, address: \"127.0.0.1:0\" }}]\n{rest}"
+    ))
+}
+
 #[tokio::test]
 async fn with_a_token_every_call_but_health_needs_it() {
     let app = Upstream::echo("app");
-    let gw = TestGateway::start(&format!(
-        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
-listeners: [{{ name: public, address: "127.0.0.1:0" }}]
-upstreams: {{ app: {{ endpoints: ["{}"] }} }}
-routes: [{{ name: all, upstream: app }}]
-"#,
+    let gw = with_token(&format!(
+        "upstreams: {{ app: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: all, upstream: app }}]\n",
         app.url()
     ));
     let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
@@ -111,10 +114,8 @@ async fn the_openapi_description_matches_what_the_admin_api_serves() {
     assert_eq!(documented, served, "docs/admin-openapi.json and the admin router differ");
 
     let app = Upstream::echo("app");
-    let gw = TestGateway::start(&format!(
-        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
-listeners: [{{ name: public, address: "127.0.0.1:0" }}]
-consumers: [{{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}]
+    let gw = with_token(&format!(
+        r#"consumers: [{{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}]
 upstreams: {{ app: {{ endpoints: ["{}"] }} }}
 routes: [{{ name: all, upstream: app }}]
 "#,
@@ -156,10 +157,8 @@ routes: [{{ name: all, upstream: app }}]
 #[tokio::test]
 async fn explain_answers_over_http_for_the_running_config() {
     let app = Upstream::echo("app");
-    let gw = TestGateway::start(&format!(
-        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}" }}
-listeners: [{{ name: public, address: "127.0.0.1:0" }}]
-upstreams: {{ users: {{ endpoints: ["{}"] }} }}
+    let gw = with_token(&format!(
+        r#"upstreams: {{ users: {{ endpoints: ["{}"] }} }}
 routes:
   - {{ name: users-v2, match: {{ path: "/users/{{id}}", headers: {{ x-version: "2" }} }}, upstream: users, rewrite: "/v2/users/{{id}}" }}
   - {{ name: users, match: {{ path: "/users/**" }}, upstream: users }}
