@@ -12,13 +12,18 @@ pub fn hex_value(b: u8) -> Option<u8> {
 
 /// Lowercase hexadecimal text of `bytes`.
 pub fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends the lowercase hexadecimal text of `bytes` to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(DIGITS[(b >> 4) as usize] as char);
         out.push(DIGITS[(b & 0x0f) as usize] as char);
     }
-    out
 }
 
 /// Bytes from hexadecimal text (either case); `None` for odd lengths or other characters.

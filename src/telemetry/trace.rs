@@ -74,11 +74,12 @@ impl TraceContext {
     pub fn header(&self) -> HeaderValue {
         let mut text = String::with_capacity(55);
         text.push_str("00-");
-        text.push_str(&crate::text::hex_encode(&self.trace_id));
+        crate::text::push_hex(&mut text, &self.trace_id);
         text.push('-');
-        text.push_str(&crate::text::hex_encode(&self.span_id));
+        crate::text::push_hex(&mut text, &self.span_id);
         text.push_str(if self.sampled { "-01" } else { "-00" });
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        // One allocation: the header takes the text's buffer.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -134,11 +135,7 @@ pub fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
 
 /// Two lowercase hex digits (the specification forbids uppercase).
 fn hex_byte(pair: &[u8]) -> Option<u8> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
+    let digit = |c: u8| if c.is_ascii_uppercase() { None } else { crate::text::hex_value(c) };
     Some(digit(*pair.first()?)? << 4 | digit(*pair.get(1)?)?)
 }
 
