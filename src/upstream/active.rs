@@ -155,7 +155,7 @@ async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), Stri
     let (path, host_header, statuses, body_contains) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Grpc { service, authority } => {
-            let authority = authority.clone().unwrap_or_else(|| default_authority(host, port));
+            let authority = authority.clone().unwrap_or_else(|| super::authority_of(host, port));
             return grpc::check(stream, &authority, service).await;
         }
         CheckKind::Http { path, host, statuses, body_contains } => (path, host, statuses, body_contains),
@@ -165,7 +165,7 @@ async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), Stri
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let authority = host_header.clone().unwrap_or_else(|| default_authority(host, port));
+    let authority = host_header.clone().unwrap_or_else(|| super::authority_of(host, port));
     let request = Request::get(path.as_str())
         .header(header::HOST, authority)
         .header(header::USER_AGENT, USER_AGENT)
@@ -184,13 +184,6 @@ async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), Stri
         }
     }
     Ok(())
-}
-
-/// `host:port` as a Host or `:authority` (the port left out when it is 80); the endpoint's host
-/// comes without brackets, so an IPv6 address gets them back here.
-fn default_authority(host: &str, port: u16) -> String {
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    if port == 80 { host } else { format!("{host}:{port}") }
 }
 
 /// Parses `200`, `200-399` or `2xx` into an inclusive range.
@@ -224,12 +217,5 @@ mod tests {
         for bad in ["", "abc", "99", "700", "300-200", "9xx", "2x"] {
             assert!(parse_status_range(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn default_authorities_bracket_ipv6() {
-        assert_eq!(default_authority("users.internal", 80), "users.internal");
-        assert_eq!(default_authority("10.0.0.1", 50051), "10.0.0.1:50051");
-        assert_eq!(default_authority("::1", 8080), "[::1]:8080");
     }
 }

@@ -130,6 +130,17 @@ fn balancer(spec: &MemberSpec, endpoints: &[Arc<Endpoint>], registry: Option<&Re
     }
 }
 
+/// `host` as it stands in a URL or a Host header: an IPv6 address in brackets.
+pub fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]").into() } else { host.into() }
+}
+
+/// The Host header of `host` and `port`: `host:port`, or `host` alone for port 80.
+pub fn authority_of(host: &str, port: u16) -> String {
+    let host = bracketed(host);
+    if port == 80 { host.into_owned() } else { format!("{host}:{port}") }
+}
+
 /// An endpoint as the config writes it: an `http://host[:port]` URL without path, and a weight.
 pub fn target_of(url: &str, weight: u32) -> Result<discovery::Target, String> {
     if weight == 0 || weight > 10_000 {
@@ -289,7 +300,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint at `host` (IPv6 in brackets) and `port`; `url` is kept for logs.
     pub fn new(url: &str, host: &str, port: u16, weight: u32, state: Arc<EndpointState>) -> Endpoint {
-        let authority = if port == 80 { host.to_owned() } else { format!("{host}:{port}") };
+        let authority = authority_of(host, port);
         Endpoint {
             url: Arc::from(url),
             host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
@@ -437,6 +448,17 @@ mod tests {
         assert!(target_of("http://x:1", 10_001).is_err());
         // A discovered IPv6 address is bracketed like a written one.
         assert_eq!(discovery::Target::new("::1", 81, 1, None).url, "http://[::1]:81");
+    }
+
+    #[test]
+    fn authorities_bracket_ipv6_and_leave_out_port_80() {
+        assert_eq!(authority_of("users.internal", 80), "users.internal");
+        assert_eq!(authority_of("10.0.0.1", 50051), "10.0.0.1:50051");
+        assert_eq!(authority_of("::1", 8080), "[::1]:8080");
+        assert_eq!(authority_of("[::1]", 8080), "[::1]:8080", "already bracketed");
+        // An endpoint's Host header is the same whether its address was written or discovered.
+        let written = Endpoint::new("http://[::1]:81", "[::1]", 81, 1, Arc::new(EndpointState::new(1)));
+        assert_eq!(written.authority, "[::1]:81");
     }
 
     #[test]

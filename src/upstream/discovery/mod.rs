@@ -42,9 +42,8 @@ pub struct Target {
 
 impl Target {
     pub fn new(host: &str, port: u16, weight: u32, authority: Option<String>) -> Target {
-        let bracketed =
-            if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
-        Target { url: format!("http://{bracketed}:{port}"), host: bracketed, port, weight: weight.max(1), authority }
+        let host = super::bracketed(host).into_owned();
+        Target { url: format!("http://{host}:{port}"), host, port, weight: weight.max(1), authority }
     }
 }
 
