@@ -3,12 +3,14 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::admin::AdminServer;
 use crate::config::compile::{Context, compile};
+use crate::config::overlay::Overlay;
 use crate::config::{self, ConfigErrors, ConfigSource, Vars};
 use crate::proxy::HttpProxy;
 use crate::state::registry::Registry;
@@ -46,6 +48,8 @@ pub enum StartError {
 pub struct ReloadRecord {
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,
+    /// What started it: `file` (a reload of the config file) or `admin` (a change through the API).
+    pub source: &'static str,
     pub generation: u64,
     pub ok: bool,
     pub errors: Vec<String>,
@@ -57,6 +61,25 @@ mod humantime_serde_compat {
     pub fn serialize<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(*t))
     }
+}
+
+/// Why a change through the admin API was not made. Nothing was changed in any case.
+#[derive(Debug)]
+pub enum ChangeError {
+    /// `admin.store` is not set: a change could not survive a restart.
+    NoStore,
+    /// The config file itself does not load now.
+    File(ConfigErrors),
+    /// The config with the change does not compile.
+    Invalid(ConfigErrors),
+    /// The change names something that does not exist.
+    NotFound(String),
+    /// The change conflicts with what exists.
+    Conflict(String),
+    /// The request itself is malformed.
+    BadRequest(Vec<config::Diagnostic>),
+    /// The store could not be written.
+    Store(String),
 }
 
 /// What the admin API, signal handlers and the watcher share with the gateway.
@@ -71,41 +94,82 @@ pub struct Shared {
     generation: AtomicU64,
     reload_lock: Mutex<()>,
     reloads: Mutex<VecDeque<ReloadRecord>>,
+    /// The admin API's changes, applied over the file at every compile.
+    changes: Mutex<Overlay>,
+    /// `admin.store` as configured at startup.
+    store: Option<PathBuf>,
     pub started: SystemTime,
     /// Connections and requests per listener (shared with the proxy and its connections).
     pub counts: crate::transport::conn::Counts,
 }
 
 impl Shared {
-    /// Reads the config source again and swaps in the new snapshot. On any error the running
-    /// config stays.
+    /// Reads the config source again and swaps in the new snapshot, with the admin API's changes
+    /// on top. On any error the running config stays.
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
         let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let result = config::load(&self.source, &self.vars).and_then(|loaded| {
-            let ctx = Context { registry: &self.registry, bound: Some(&self.bound), generation, dry_run: false };
-            compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))
-        });
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let result = config::load(&self.source, &self.vars).and_then(|loaded| self.compile(&loaded, &changes));
         match result {
-            Ok(snapshot) => {
-                self.registry.metrics.reloaded(true);
-                let pending = self.pending_restart(&snapshot);
-                for setting in &pending {
-                    tracing::warn!("{setting} changed: it takes effect after a restart");
-                }
-                self.snapshot.store(snapshot);
-                self.generation.store(generation, Ordering::Relaxed);
-                self.record(generation, Ok(()), pending);
-                tracing::info!(generation, "config reloaded");
-                Ok(generation)
-            }
+            Ok(snapshot) => Ok(self.install(snapshot, "file")),
             Err(errors) => {
                 self.registry.metrics.reloaded(false);
                 tracing::error!("config reload failed; the running config stays\n{errors}");
-                self.record(self.generation.load(Ordering::Relaxed), Err(&errors), Vec::new());
+                self.record("file", self.generation.load(Ordering::Relaxed), Err(&errors), Vec::new());
                 Err(errors)
             }
         }
+    }
+
+    /// Applies one change of the admin API: `edit` gets the changes so far and the config file as
+    /// it is now, and edits the changes. The file with the new changes is compiled like a reload;
+    /// only when it compiles are the changes written to `admin.store`, and only when they are
+    /// written is the new config swapped in.
+    pub fn change<T>(
+        &self,
+        edit: impl FnOnce(&mut Overlay, &config::LocalConfig) -> Result<T, ChangeError>,
+    ) -> Result<(T, u64), ChangeError> {
+        let store = self.store.as_deref().ok_or(ChangeError::NoStore)?;
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = config::load(&self.source, &self.vars).map_err(ChangeError::File)?;
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let answer = edit(&mut changes, &loaded.config)?;
+        let snapshot = self.compile(&loaded, &changes).map_err(ChangeError::Invalid)?;
+        changes.save(store).map_err(|e| ChangeError::Store(format!("cannot write {}: {e}", store.display())))?;
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = changes;
+        Ok((answer, self.install(snapshot, "admin")))
+    }
+
+    /// The admin API's changes in effect.
+    pub fn changes(&self) -> Overlay {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where the admin API's changes are kept, if anywhere.
+    pub fn store(&self) -> Option<&std::path::Path> {
+        self.store.as_deref()
+    }
+
+    fn compile(&self, loaded: &config::Loaded, changes: &Overlay) -> Result<Snapshot, ConfigErrors> {
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let merged = changes.apply(&loaded.config);
+        let ctx = Context { registry: &self.registry, bound: Some(&self.bound), generation, dry_run: false };
+        compile(&merged.config, &ctx).map_err(|d| merged.locate(loaded, d))
+    }
+
+    /// Swaps in a compiled snapshot (the caller holds `reload_lock`).
+    fn install(&self, snapshot: Snapshot, source: &'static str) -> u64 {
+        let generation = snapshot.generation;
+        self.registry.metrics.reloaded(true);
+        let pending = self.pending_restart(&snapshot);
+        for setting in &pending {
+            tracing::warn!("{setting} changed: it takes effect after a restart");
+        }
+        self.snapshot.store(snapshot);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.record(source, generation, Ok(()), pending);
+        tracing::info!(generation, source, "config reloaded");
+        generation
     }
 
     /// What the new snapshot changes that only a restart applies.
@@ -121,13 +185,20 @@ impl Shared {
         pending
     }
 
-    fn record(&self, generation: u64, result: Result<(), &ConfigErrors>, pending_restart: Vec<String>) {
+    fn record(
+        &self,
+        source: &'static str,
+        generation: u64,
+        result: Result<(), &ConfigErrors>,
+        pending_restart: Vec<String>,
+    ) {
         let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
         if reloads.len() == 50 {
             reloads.pop_front();
         }
         reloads.push_back(ReloadRecord {
             at: SystemTime::now(),
+            source,
             generation,
             ok: result.is_ok(),
             errors: result.err().map(|e| e.diagnostics.iter().map(ToString::to_string).collect()).unwrap_or_default(),
@@ -172,10 +243,19 @@ impl Gateway {
     pub fn start(options: StartOptions) -> Result<Gateway, StartError> {
         clock::tick();
         let loaded = config::load(&options.source, &options.vars)?;
+        let store = loaded.config.admin.store.as_ref().map(PathBuf::from);
+        let changes = match &store {
+            Some(path) => Overlay::load(path)?,
+            None => Overlay::default(),
+        };
+        if !changes.is_empty() {
+            tracing::info!(store = %store.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(), "applying the admin API's changes over the config file");
+        }
+        let merged = changes.apply(&loaded.config);
         let registry = Registry::new();
         // Check everything before binding anything, so a bad config fails without side effects.
         let check = Context { registry: &registry, bound: None, generation: 0, dry_run: true };
-        let checked = compile(&loaded.config, &check).map_err(|d| loaded.locate(d))?;
+        let checked = compile(&merged.config, &check).map_err(|d| merged.locate(&loaded, d))?;
         let configured_workers = checked.server.workers;
         let workers = options.workers.unwrap_or(configured_workers).max(1);
         let mut bound = Vec::new();
@@ -185,7 +265,7 @@ impl Gateway {
         drop(checked);
         let names: Vec<(String, SocketAddr)> = bound.iter().map(|b| (b.name.clone(), b.address)).collect();
         let ctx = Context { registry: &registry, bound: Some(&names), generation: 1, dry_run: false };
-        let snapshot = compile(&loaded.config, &ctx).map_err(|d| loaded.locate(d))?;
+        let snapshot = compile(&merged.config, &ctx).map_err(|d| merged.locate(&loaded, d))?;
         let admin_config = snapshot.config.admin.clone();
         let counts = crate::transport::conn::counts(snapshot.listeners.len());
         let handle = SnapshotHandle::new(snapshot);
@@ -199,6 +279,8 @@ impl Gateway {
             generation: AtomicU64::new(1),
             reload_lock: Mutex::new(()),
             reloads: Mutex::new(VecDeque::new()),
+            changes: Mutex::new(changes),
+            store,
             started: SystemTime::now(),
             counts: counts.clone(),
         });

@@ -10,8 +10,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::json;
+
+mod changes;
 
 use crate::app::Shared;
 use crate::background::Background;
@@ -85,6 +87,21 @@ fn table() -> Vec<(&'static str, &'static str, Access, MethodRouter<Arc<Shared>>
         ("GET", "/upstreams", Token, get(upstreams)),
         ("GET", "/metrics", Token, get(metrics)),
         ("GET", "/explain", Token, get(explain)),
+        ("GET", "/routes/{name}", Token, get(changes::get_route)),
+        ("PUT", "/routes/{name}", Token, put(changes::put_route)),
+        ("DELETE", "/routes/{name}", Token, delete(changes::delete_route)),
+        ("GET", "/upstreams/{name}", Token, get(changes::get_upstream)),
+        ("PUT", "/upstreams/{name}", Token, put(changes::put_upstream)),
+        ("DELETE", "/upstreams/{name}", Token, delete(changes::delete_upstream)),
+        ("GET", "/consumers", Token, get(changes::consumers)),
+        ("GET", "/consumers/{name}", Token, get(changes::get_consumer)),
+        ("PUT", "/consumers/{name}", Token, put(changes::put_consumer)),
+        ("DELETE", "/consumers/{name}", Token, delete(changes::delete_consumer)),
+        ("GET", "/consumers/{name}/credentials", Token, get(changes::credentials)),
+        ("POST", "/consumers/{name}/credentials", Token, post(changes::add_credential)),
+        ("DELETE", "/consumers/{name}/credentials/{id}", Token, delete(changes::delete_credential)),
+        ("GET", "/changes", Token, get(changes::get_changes)),
+        ("DELETE", "/changes", Token, delete(changes::delete_changes)),
     ]
 }
 
@@ -162,10 +179,9 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn config(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let snap = shared.snapshot.load();
     let mut config = serde_json::to_value(&*snap.config).unwrap_or_default();
-    // The caller has the token already; it is still not echoed back (logs, screenshots).
-    if let Some(token) = config.pointer_mut("/admin/token") {
-        *token = json!("<redacted>");
-    }
+    // The caller has the token already; it and the credentials' secrets are still not echoed
+    // back (logs, screenshots).
+    changes::redact(&mut config);
     Json(json!({"generation": snap.generation, "config": config}))
 }
 

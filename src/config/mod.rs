@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod error;
+pub mod overlay;
 mod policies;
 pub mod schema;
 mod types;

@@ -412,11 +412,16 @@ pub struct AdminConfig {
     /// when `address` is not a loopback address. Write it as `${ADMIN_TOKEN}`, not in the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A file where routes, upstreams and consumers changed through the admin API are kept (JSON,
+    /// written atomically, read at startup and applied over this file). Without it the admin API
+    /// is read-only. Relative paths are from the working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { enabled: true, address: "127.0.0.1:9901".into(), token: None }
+        AdminConfig { enabled: true, address: "127.0.0.1:9901".into(), token: None, store: None }
     }
 }
 

@@ -64,6 +64,16 @@ impl Node {
     /// using `vars`; `$${` is a literal `${`. A missing variable without default is an error at that
     /// scalar. Returns all interpolation errors at once; a YAML syntax error is reported alone.
     pub fn parse(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Node, Vec<Diagnostic>> {
+        Node::parse_with(text, Some(vars))
+    }
+
+    /// Parse one document with every `$` taken literally: for text that arrives over the admin API
+    /// or was written by gatehouse, where `${VAR}` must not read the gateway's environment.
+    pub fn parse_literal(text: &str) -> Result<Node, Vec<Diagnostic>> {
+        Node::parse_with(text, None)
+    }
+
+    fn parse_with(text: &str, vars: Option<&Lookup<'_>>) -> Result<Node, Vec<Diagnostic>> {
         let mut b =
             Builder { vars, stack: Vec::new(), root: None, anchors: HashMap::new(), nodes: 0, diags: Vec::new() };
         let mut parser = Parser::new_from_str(text);
@@ -269,8 +279,12 @@ enum FrameKind {
     },
 }
 
+/// What `${VAR}` reads.
+type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 struct Builder<'v> {
-    vars: &'v dyn Fn(&str) -> Option<String>,
+    /// `None`: no interpolation.
+    vars: Option<&'v Lookup<'v>>,
     stack: Vec<Frame>,
     root: Option<Node>,
     anchors: HashMap<usize, Anchored>,
@@ -350,8 +364,10 @@ impl Builder<'_> {
             self.check_tag(tag, "str", at);
             Node { span: at, value: Value::Scalar(Scalar { text: raw.into_owned(), kind: ScalarKind::Str }) }
         } else {
-            let text = if raw.contains('$') {
-                let (text, errors) = expand(&raw, self.vars);
+            let text = if let Some(vars) = self.vars
+                && raw.contains('$')
+            {
+                let (text, errors) = expand(&raw, vars);
                 let path = self.child_path();
                 self.diags.extend(errors.into_iter().map(|m| Diagnostic::new(path.clone(), m).at(Some(at))));
                 text

@@ -74,6 +74,15 @@ impl TestGateway {
         self.gateway.reload().unwrap_or_else(|e| panic!("reload failed: {e}"))
     }
 
+    /// Stops the gateway and starts a new process's worth from the same config file.
+    pub fn restart(self) -> TestGateway {
+        let TestGateway { gateway, config_path, _dir } = self;
+        drop(gateway);
+        let gateway = Gateway::start(StartOptions::new(ConfigSource::File(config_path.clone())))
+            .unwrap_or_else(|e| panic!("gateway did not restart: {e}"));
+        TestGateway { gateway, config_path, _dir }
+    }
+
     pub fn write_config(&self, yaml: &str) {
         let tmp = self.config_path.with_extension("tmp");
         std::fs::write(&tmp, with_test_defaults(yaml)).expect("write config");

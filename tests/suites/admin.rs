@@ -127,7 +127,7 @@ routes: [{{ name: all, upstream: app }}]
         let operation = &spec["paths"][path][method.to_lowercase()];
         let responses = operation["responses"].as_object().unwrap();
         for name in ["alice", "nobody"] {
-            let url = path.replace("{name}", name);
+            let url = path.replace("{name}", name).replace("{id}", "api_key:0123456789abcdef");
             let reply = admin.request(method, &url, &[("authorization", &bearer)], "").await;
             let status = reply.status.as_u16().to_string();
             let documented =

@@ -2,6 +2,7 @@
 
 mod access_log;
 mod admin;
+mod admin_changes;
 mod auth;
 mod basic_auth;
 mod cli;
