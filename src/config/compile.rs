@@ -73,6 +73,27 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     if !(0.0..=1.0).contains(&config.tracing.sampling) {
         problems.add("tracing.sampling", "a share between 0.0 and 1.0");
     }
+    if let Some(otlp) = config.tracing.otlp.as_ref().filter(|_| config.tracing.enabled) {
+        // A check run (validate, the pre-bind check) starts no exporter thread.
+        let endpoint_ok =
+            otlp.endpoint.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        if !endpoint_ok {
+            problems.add("tracing.otlp.endpoint", "an http:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces");
+        } else if !ctx.dry_run {
+            match ctx.registry.span_sink(otlp) {
+                Ok(sink) => server.trace_export = Some(sink),
+                Err(e) => problems.add("tracing.otlp", e),
+            }
+        }
+        for (name, value) in &otlp.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+                problems.add(format!("tracing.otlp.headers.{name}"), "not a valid header name and value");
+            }
+        }
+        if otlp.interval.0.is_zero() || otlp.timeout.0.is_zero() {
+            problems.add("tracing.otlp", "interval and timeout must be longer than 0");
+        }
+    }
     let listeners = listener_names(config, ctx, &mut problems);
     let upstreams = upstreams(config, ctx.registry, ctx.dry_run, &mut problems);
     let consumers = match ConsumerIndex::compile(&config.consumers) {
@@ -244,6 +265,7 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         max_headers: limits.max_headers as usize,
         max_body_size: limits.max_body_size.map(|s| s.get()),
         trace_sampling: None,
+        trace_export: None,
         header_read_timeout: timeouts.header_read.get(),
         idle_timeout: timeouts.idle.get(),
         shutdown_grace: timeouts.shutdown_grace.get(),

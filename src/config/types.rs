@@ -66,12 +66,56 @@ pub struct TracingConfig {
     /// The share of new traces (no sampled parent) marked sampled, 0.0–1.0. A client's sampled
     /// flag is followed as it is.
     pub sampling: f64,
+    /// Send the spans of sampled requests to an OpenTelemetry collector (OTLP over HTTP, protobuf).
+    /// Without it, trace context is propagated but no span is exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for TracingConfig {
     fn default() -> Self {
-        TracingConfig { enabled: false, sampling: 0.01 }
+        TracingConfig { enabled: false, sampling: 0.01, otlp: None }
     }
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (plain HTTP: run the
+    /// collector as a local agent).
+    pub endpoint: String,
+    /// Headers sent with every export (e.g. an API key of a tracing vendor).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans are sent in batches at least this often (`5s`).
+    #[serde(default = "default_export_interval")]
+    pub interval: DurationValue,
+    /// How long one export may take.
+    #[serde(default = "default_export_timeout")]
+    pub timeout: DurationValue,
+    /// Spans waiting for export beyond this many are dropped (and counted), never queued without bound.
+    #[serde(default = "default_export_queue")]
+    pub max_queue: usize,
+}
+
+fn default_service_name() -> String {
+    "gatehouse".into()
+}
+
+fn default_export_interval() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(5))
+}
+
+fn default_export_timeout() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(10))
+}
+
+fn default_export_queue() -> usize {
+    2048
 }
 
 fn is_default_tracing(t: &TracingConfig) -> bool {

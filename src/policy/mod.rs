@@ -200,6 +200,30 @@ pub struct RequestState {
     pub quota_report: Option<rate_limit::RateReport>,
     /// The `concurrency` slot, held until the response is sent.
     pub slot: Option<concurrency::Slot>,
+    /// With the request's span exported: the policies that waited on I/O, and how long.
+    pub timings: Option<Vec<Timing>>,
+}
+
+/// One policy's wait on I/O (a child span of the request's).
+pub struct Timing {
+    pub name: &'static str,
+    pub start: std::time::SystemTime,
+    pub end: std::time::SystemTime,
+    pub error: Option<&'static str>,
+}
+
+/// Runs a policy step that may wait on I/O, timing it when the request is traced.
+async fn timed<T>(
+    timings: &mut Option<Vec<Timing>>,
+    name: &'static str,
+    work: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    let Some(list) = timings else { return work.await };
+    let start = std::time::SystemTime::now();
+    let result = work.await;
+    let error = result.as_ref().err().map(ProxyError::code);
+    list.push(Timing { name, start, end: std::time::SystemTime::now(), error });
+    result
 }
 
 /// Runs the route's request policies in their fixed order.
@@ -248,15 +272,18 @@ pub async fn apply_request_policies(
     // The policies that may wait on I/O are boxed: their futures are large, and unboxed they would
     // grow the future of every request and connection, authenticated or not.
     let edit = &mut state.query_edit;
+    let timings = &mut state.timings;
     state.identity = match authenticator(policies, headers, facts.query) {
         Some(Authenticator::ApiKey(p)) => p.authenticate(headers, facts.query, edit)?,
-        Some(Authenticator::Basic(p)) => Box::pin(p.authenticate(headers)).await?,
+        Some(Authenticator::Basic(p)) => timed(timings, "basic_auth", Box::pin(p.authenticate(headers))).await?,
         Some(Authenticator::Hmac(p)) => p.authenticate(headers, facts, &mut state.body_check)?,
         Some(Authenticator::Jwt(p)) => match p.authenticate_now(headers, facts.query, edit) {
             Some(done) => done?,
-            None => Box::pin(p.authenticate(headers, facts.query, edit)).await?,
+            None => timed(timings, "jwt", Box::pin(p.authenticate(headers, facts.query, edit))).await?,
         },
-        Some(Authenticator::Introspection(p)) => Box::pin(p.authenticate(headers, facts.query, edit)).await?,
+        Some(Authenticator::Introspection(p)) => {
+            timed(timings, "introspection", Box::pin(p.authenticate(headers, facts.query, edit))).await?
+        }
         None => None,
     };
     if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
@@ -266,7 +293,8 @@ pub async fn apply_request_policies(
         }
     }
     if let Some(forward_auth) = &policies.forward_auth {
-        if let PolicyOutcome::Respond(denied) = Box::pin(forward_auth.check(headers, facts)).await? {
+        let checked = timed(&mut state.timings, "forward_auth", Box::pin(forward_auth.check(headers, facts))).await?;
+        if let PolicyOutcome::Respond(denied) = checked {
             return Ok(PolicyOutcome::Respond(denied));
         }
     }
@@ -279,7 +307,8 @@ pub async fn apply_request_policies(
     if let Some(limit) = &policies.rate_limit {
         let source = key_source(facts, state.identity.as_ref(), headers);
         if limit.is_shared() {
-            Box::pin(limit.check_shared(&source, &mut state.rate_report)).await?;
+            let report = &mut state.rate_report;
+            timed(&mut state.timings, "rate_limit", Box::pin(limit.check_shared(&source, report))).await?;
         } else {
             limit.check(&source, &mut state.rate_report)?;
         }
@@ -287,7 +316,8 @@ pub async fn apply_request_policies(
     if let Some(quota) = &policies.quota {
         let source = key_source(facts, state.identity.as_ref(), headers);
         if quota.is_shared() {
-            Box::pin(quota.check_shared(&source, &mut state.quota_report)).await?;
+            let report = &mut state.quota_report;
+            timed(&mut state.timings, "quota", Box::pin(quota.check_shared(&source, report))).await?;
         } else {
             quota.check(&source, &mut state.quota_report)?;
         }
@@ -296,7 +326,7 @@ pub async fn apply_request_policies(
         let source = key_source(facts, state.identity.as_ref(), headers);
         state.slot = Some(match concurrency.try_enter(&source) {
             Some(entered) => entered?,
-            None => Box::pin(concurrency.enter(&source)).await?,
+            None => timed(&mut state.timings, "concurrency", Box::pin(concurrency.enter(&source))).await?,
         });
     }
     if let Some(filter) = &policies.request_headers {

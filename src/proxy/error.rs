@@ -224,6 +224,22 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The code a failed try of the upstream is reported with (as `From` would make it).
+    pub fn code_of(err: &UpstreamError) -> &'static str {
+        match err {
+            UpstreamError::Connect { .. } => "upstream_unavailable",
+            UpstreamError::ConnectTimeout { .. } => "upstream_connect_timeout",
+            UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
+            UpstreamError::TooManyConnecting { .. } => "upstream_overloaded",
+            UpstreamError::Exchange { source, .. } => match client_body_failure(source) {
+                Some(_) => "bad_request",
+                None => "upstream_error",
+            },
+        }
+    }
+}
+
 impl From<UpstreamError> for ProxyError {
     fn from(err: UpstreamError) -> ProxyError {
         match err {

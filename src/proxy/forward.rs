@@ -109,8 +109,21 @@ impl Tries<'_> {
             // Counted by the endpoint and the breaker until the response body has been sent, or
             // until this future is dropped (the client went away, the route's timeout ran out).
             let mut in_flight = InFlight::new(&endpoint.state, ticket);
+            // A traced request: this try is a span of its own, the upstream's parent.
+            let traced = log.span().map(|span| {
+                let child = span.start_try(this_try.headers_mut());
+                let url = format!("{}{}", endpoint.url, this_try.uri().path_and_query().map_or("/", |p| p.as_str()));
+                (child, this_try.method().clone(), url)
+            });
             let started = Instant::now();
             let result = client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await;
+            if let (Some((child, method, url)), Some(span)) = (traced, log.span()) {
+                let outcome = match &result {
+                    Ok((response, _)) => Ok(response.status().as_u16()),
+                    Err((error, _)) => Err(ProxyError::code_of(error)),
+                };
+                span.finish_try(child, &method, url, outcome, attempt);
+            }
             if upstream.breaker.is_some() {
                 let failed = match &result {
                     Ok((response, _)) => response.status().is_server_error(),

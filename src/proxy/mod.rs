@@ -138,11 +138,23 @@ impl Exchange<'_> {
 
         // 3. Normalise. The request id comes first so that every later error carries it.
         let request_id = request_id::resolve(&mut parts.headers, server);
-        self.log.set_request_id(&request_id);
         if let Some(sampling) = server.trace_sampling {
             let trace = crate::telemetry::trace::TraceContext::apply(&mut parts.headers, sampling);
             self.log.set_trace(&trace);
+            if let (Some(sink), true) = (&server.trace_export, trace.sampled) {
+                let facts = crate::telemetry::otlp::RequestFacts {
+                    method: &parts.method,
+                    path: parts.uri.path(),
+                    scheme: self.conn.scheme,
+                    host: parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(parts.uri.host()),
+                    peer: self.conn.peer,
+                    version: parts.version,
+                    user_agent: parts.headers.get(header::USER_AGENT).map(HeaderValue::as_bytes),
+                };
+                self.log.start_span(sink, &trace, facts);
+            }
         }
+        self.log.set_request_id(&request_id);
         self.request_id = Some(request_id.clone());
         let client = headers::client_ip(&parts.headers, self.conn.peer.ip(), server);
         self.log.set_client(client);
@@ -232,7 +244,15 @@ impl Exchange<'_> {
             preflight: preflight.map(|(origin, method)| (origin, method)),
         };
         let mut state = RequestState::default();
+        if self.log.span().is_some() {
+            state.timings = Some(Vec::new());
+        }
         let outcome = policy::apply_request_policies(policies, &mut parts.headers, &facts, &mut state).await;
+        if let (Some(span), Some(timings)) = (self.log.span(), state.timings.take()) {
+            for t in timings {
+                span.policy(t.name, t.start, t.end, t.error);
+            }
+        }
         if let Some(consumer) = state.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
             self.log.set_consumer(consumer);
         }

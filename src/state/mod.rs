@@ -83,6 +83,8 @@ pub struct ServerSettings {
     pub max_body_size: Option<u64>,
     /// With tracing on: the share of new traces sampled.
     pub trace_sampling: Option<f64>,
+    /// With `tracing.otlp`: where sampled requests' spans go.
+    pub trace_export: Option<Arc<crate::telemetry::otlp::SpanSink>>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,

@@ -27,6 +27,7 @@ pub struct Registry {
     probers: Shared<crate::upstream::active::Prober>,
     discoveries: Shared<crate::upstream::discovery::Discovery>,
     resolvers: Shared<hickory_resolver::TokioResolver>,
+    span_sinks: Shared<crate::telemetry::otlp::SpanSink>,
     next_endpoint_id: AtomicU64,
     /// The metric families: they live as long as the process, so counts continue across reloads.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -129,6 +130,16 @@ impl Registry {
         settings: &crate::upstream::discovery::dns::ResolverSettings,
     ) -> Result<Arc<hickory_resolver::TokioResolver>, String> {
         get_or_try(&self.resolvers, &format!("{settings:?}"), || settings.build().map(Arc::new))
+    }
+
+    /// The span exporter with these settings: a reload that keeps them keeps its queue.
+    pub fn span_sink(
+        &self,
+        config: &crate::config::OtlpConfig,
+    ) -> Result<Arc<crate::telemetry::otlp::SpanSink>, String> {
+        get_or_try(&self.span_sinks, &format!("{config:?}"), || {
+            crate::telemetry::otlp::SpanSink::start(config).map(Arc::new)
+        })
     }
 
     /// Every live limit's store (for the idle-key sweep).

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod request_log;
 pub mod trace;
 

@@ -34,6 +34,8 @@ pub struct RequestLog {
     bytes_in: Option<Arc<AtomicU64>>,
     /// The identified consumer, when the metrics count consumers.
     consumer: Option<Arc<crate::policy::Consumer>>,
+    /// The request's span, when it is sampled and spans are exported.
+    span: Option<Box<super::otlp::RequestSpan>>,
 }
 
 struct Detail {
@@ -101,6 +103,7 @@ impl RequestLog {
             method: method_class(info.method),
             bytes_in: None,
             consumer: None,
+            span: None,
         }
     }
 
@@ -132,12 +135,30 @@ impl RequestLog {
         if let Some(d) = &mut self.detail {
             d.request_id = Some(id.clone());
         }
+        if let Some(span) = &mut self.span {
+            span.attribute("gatehouse.request_id", String::from_utf8_lossy(id.as_bytes()).into_owned());
+        }
     }
 
     pub fn set_trace(&mut self, trace: &super::trace::TraceContext) {
         if let Some(d) = &mut self.detail {
             d.trace_id = Some(trace.trace_id_hex());
         }
+    }
+
+    /// Records the request as a span for `sink` (a sampled request, with export on).
+    pub fn start_span(
+        &mut self,
+        sink: &Arc<super::otlp::SpanSink>,
+        trace: &super::trace::TraceContext,
+        facts: super::otlp::RequestFacts<'_>,
+    ) {
+        self.span = Some(Box::new(super::otlp::RequestSpan::new(sink, trace, facts)));
+    }
+
+    /// The request's span, when it is recorded.
+    pub fn span(&mut self) -> Option<&mut super::otlp::RequestSpan> {
+        self.span.as_deref_mut()
     }
 
     pub fn set_path(&mut self, path: &str) {
@@ -150,6 +171,9 @@ impl RequestLog {
     pub fn set_route(&mut self, name: &Arc<str>, metrics: Option<&Arc<RouteMetrics>>) {
         if let Some(d) = &mut self.detail {
             d.route = Some(name.clone());
+        }
+        if let Some(span) = &mut self.span {
+            span.set_route(name);
         }
         self.metrics = metrics.cloned();
     }
@@ -170,6 +194,9 @@ impl RequestLog {
     pub fn set_consumer(&mut self, consumer: &Arc<crate::policy::Consumer>) {
         if let Some(d) = &mut self.detail {
             d.consumer = Some(consumer.name.clone());
+        }
+        if let Some(span) = &mut self.span {
+            span.attribute("gatehouse.consumer", consumer.name.to_string());
         }
         if self.metrics.as_ref().is_some_and(|m| m.counts_consumers()) {
             self.consumer = Some(consumer.clone());
@@ -195,6 +222,9 @@ impl RequestLog {
         }
         if let Some(d) = &mut self.detail {
             d.error = Some(code);
+        }
+        if let Some(span) = &mut self.span {
+            span.set_error(code);
         }
     }
 
@@ -225,6 +255,9 @@ impl RequestLog {
             if let Some(consumer) = &self.consumer {
                 m.record_consumer(consumer, status);
             }
+        }
+        if let Some(span) = self.span.take() {
+            span.finish(status, complete);
         }
         let Some(d) = self.detail.take() else { return };
         let line = LogLine {

@@ -37,14 +37,14 @@ impl TraceContext {
         let incoming = headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes()));
         let context = match incoming {
             Some((trace_id, parent, flags)) => {
-                TraceContext { trace_id, span_id: span_id(), parent_id: Some(parent), sampled: flags & 1 == 1 }
+                TraceContext { trace_id, span_id: new_span_id(), parent_id: Some(parent), sampled: flags & 1 == 1 }
             }
             None => {
                 // No usable parent: its tracestate means nothing either.
                 headers.remove(&TRACESTATE);
                 TraceContext {
                     trace_id: trace_id(),
-                    span_id: span_id(),
+                    span_id: new_span_id(),
                     parent_id: None,
                     sampled: sampling >= 1.0 || (sampling > 0.0 && fastrand::f64() < sampling),
                 }
@@ -72,11 +72,16 @@ impl TraceContext {
 
     /// `00-<trace id>-<span id>-<flags>`, with the gateway's span as the parent.
     pub fn header(&self) -> HeaderValue {
+        self.header_with(&self.span_id)
+    }
+
+    /// The header with another of the gateway's spans (a try of the upstream) as the parent.
+    pub fn header_with(&self, span_id: &[u8; 8]) -> HeaderValue {
         let mut text = String::with_capacity(55);
         text.push_str("00-");
         crate::text::push_hex(&mut text, &self.trace_id);
         text.push('-');
-        crate::text::push_hex(&mut text, &self.span_id);
+        crate::text::push_hex(&mut text, span_id);
         text.push_str(if self.sampled { "-01" } else { "-00" });
         // One allocation: the header takes the text's buffer.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -96,7 +101,8 @@ fn trace_id() -> [u8; 16] {
     }
 }
 
-fn span_id() -> [u8; 8] {
+/// A new, non-zero span id.
+pub fn new_span_id() -> [u8; 8] {
     loop {
         let id = fastrand::u64(..).to_be_bytes();
         if id != [0; 8] {

@@ -120,7 +120,7 @@ fn jitter(max: Duration) -> Duration {
 }
 
 /// The probers' own runtime, on a thread of its own for the life of the process.
-pub(super) fn runtime() -> &'static tokio::runtime::Handle {
+pub(crate) fn runtime() -> &'static tokio::runtime::Handle {
     static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();

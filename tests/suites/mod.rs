@@ -15,6 +15,7 @@ mod hmac_auth;
 mod hostile;
 mod introspection;
 mod metrics;
+mod otlp;
 mod proxy;
 mod quota;
 mod rate_limit;
