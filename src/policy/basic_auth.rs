@@ -33,7 +33,7 @@ const REMEMBER_BAD_MS: u64 = 30 * 1000;
 
 thread_local! {
     /// Outcomes of password checks: true for a correct password.
-    static CHECKED: std::cell::RefCell<LocalCache<bool>> = std::cell::RefCell::new(LocalCache::new(8192));
+    static CHECKED: std::cell::RefCell<LocalCache<bool>> = std::cell::RefCell::new(LocalCache::new(8192, &super::cache::BASIC_AUTH));
 }
 
 /// Password checks running at once, process-wide: one per CPU.

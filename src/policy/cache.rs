@@ -9,9 +9,37 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Hits and misses of one kind of cache, over every worker (for `/metrics`).
+pub struct CacheStats {
+    pub name: &'static str,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheStats {
+    const fn new(name: &'static str) -> CacheStats {
+        CacheStats { name, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    /// `(hits, misses)` so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+}
+
+pub static JWT: CacheStats = CacheStats::new("jwt");
+pub static INTROSPECTION: CacheStats = CacheStats::new("introspection");
+pub static BASIC_AUTH: CacheStats = CacheStats::new("basic_auth");
+pub static FORWARD_AUTH: CacheStats = CacheStats::new("forward_auth");
+
+/// Every kind of cache, for the metrics.
+pub static ALL: [&CacheStats; 4] = [&JWT, &INTROSPECTION, &BASIC_AUTH, &FORWARD_AUTH];
 
 /// A bounded map of expiring entries; beyond `capacity`, an arbitrary entry makes room.
 pub struct LocalCache<V> {
+    stats: &'static CacheStats,
     capacity: usize,
     hasher: RandomState,
     entries: HashMap<u64, Entry<V>>,
@@ -26,8 +54,8 @@ struct Entry<V> {
 }
 
 impl<V: Clone> LocalCache<V> {
-    pub fn new(capacity: usize) -> Self {
-        LocalCache { capacity, hasher: RandomState::new(), entries: HashMap::new() }
+    pub fn new(capacity: usize, stats: &'static CacheStats) -> Self {
+        LocalCache { stats, capacity, hasher: RandomState::new(), entries: HashMap::new() }
     }
 
     fn slot(&self, scope: u64, key: &[u8]) -> u64 {
@@ -40,9 +68,12 @@ impl<V: Clone> LocalCache<V> {
     /// The value stored for `key` under the same `scope` and `generation`, unless it expired
     /// (`now` and expiry times are in the caller's unit).
     pub fn get(&self, scope: u64, generation: u64, key: &[u8], now: u64) -> Option<V> {
-        let entry = self.entries.get(&self.slot(scope, key))?;
-        let valid = entry.scope == scope && entry.generation == generation && *entry.key == *key && now < entry.expires;
-        valid.then(|| entry.value.clone())
+        let found = self.entries.get(&self.slot(scope, key)).filter(|entry| {
+            entry.scope == scope && entry.generation == generation && *entry.key == *key && now < entry.expires
+        });
+        let counter = if found.is_some() { &self.stats.hits } else { &self.stats.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found.map(|entry| entry.value.clone())
     }
 
     /// Remembers `value` for `key` until `expires`.
@@ -79,18 +110,21 @@ mod tests {
 
     #[test]
     fn hits_only_for_the_same_key_scope_generation_and_before_expiry() {
-        let mut cache = LocalCache::new(16);
+        static STATS: CacheStats = CacheStats::new("test");
+        let mut cache = LocalCache::new(16, &STATS);
         cache.put(1, 7, b"tok-a", 100, "a");
         assert_eq!(cache.get(1, 7, b"tok-a", 99), Some("a"));
         assert_eq!(cache.get(1, 7, b"tok-a", 100), None, "expired");
         assert_eq!(cache.get(2, 7, b"tok-a", 50), None, "other policy");
         assert_eq!(cache.get(1, 8, b"tok-a", 50), None, "keys rotated");
         assert_eq!(cache.get(1, 7, b"tok-b", 50), None);
+        assert_eq!(STATS.counts(), (1, 4));
     }
 
     #[test]
     fn the_cache_is_bounded() {
-        let mut cache = LocalCache::new(64);
+        static STATS: CacheStats = CacheStats::new("bounded");
+        let mut cache = LocalCache::new(64, &STATS);
         for i in 0..200u32 {
             cache.put(9, 1, &i.to_be_bytes(), u64::MAX, i);
         }

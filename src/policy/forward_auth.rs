@@ -52,7 +52,7 @@ type Grant = Arc<[(HeaderName, HeaderValue)]>;
 
 thread_local! {
     static DECISIONS: std::cell::RefCell<LocalCache<Grant>> =
-        std::cell::RefCell::new(LocalCache::new(CACHE_CAPACITY));
+        std::cell::RefCell::new(LocalCache::new(CACHE_CAPACITY, &super::cache::FORWARD_AUTH));
 }
 
 pub struct ForwardAuthPolicy {

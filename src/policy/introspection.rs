@@ -41,7 +41,7 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
 thread_local! {
     /// Introspection answers by token: `Some` for an active token, `None` for an inactive one.
     static ANSWERS: std::cell::RefCell<LocalCache<Option<Identity>>> =
-        std::cell::RefCell::new(LocalCache::new(8192));
+        std::cell::RefCell::new(LocalCache::new(8192, &super::cache::INTROSPECTION));
 }
 
 pub struct IntrospectionPolicy {

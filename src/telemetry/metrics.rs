@@ -460,6 +460,12 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BreakerLabels {
     upstream: String,
     state: &'static str,
@@ -527,6 +533,18 @@ pub fn live_registry(live: &Live<'_>) -> Registry {
     registry.register("upstream_endpoint_in_flight", "Requests in flight at the endpoint", in_flight);
     registry.register("upstream_endpoint_requests", "Tries sent to the endpoint", requests);
     registry.register("circuit_breaker_state", "1 for the circuit breaker's current state", breakers);
+
+    let caches = Family::<CacheLabels, Counter>::default();
+    for stats in crate::policy::cache::ALL {
+        let (hits, misses) = stats.counts();
+        caches.get_or_create(&CacheLabels { cache: stats.name, result: "hit" }).inc_by(hits);
+        caches.get_or_create(&CacheLabels { cache: stats.name, result: "miss" }).inc_by(misses);
+    }
+    registry.register(
+        "policy_cache_lookups",
+        "Lookups in the policies' caches of decisions (verified tokens, authorization answers, checked passwords)",
+        caches,
+    );
     registry
 }
 

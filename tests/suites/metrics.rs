@@ -271,3 +271,35 @@ routes:
     assert_eq!(count("failing", "5xx"), Some(answered.1), "{text}");
     assert_eq!((count("app", "5xx"), count("failing", "2xx")), (None, None), "{text}");
 }
+
+#[tokio::test]
+async fn policy_cache_hits_and_misses_are_counted() {
+    let app = Upstream::echo("app");
+    let auth = Upstream::start("auth", UpstreamBehaviour::Status(200));
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes:
+  - name: checked
+    upstream: app
+    policies: [{{ forward_auth: {{ url: "{}/check", cache: {{ ttl: 1m, key: [authorization] }} }} }}]
+"#,
+        app.url(),
+        auth.url()
+    ));
+    let series =
+        |result: &str| format!("gatehouse_policy_cache_lookups_total{{cache=\"forward_auth\",result=\"{result}\"}}");
+    let before = samples(&scrape(&gw, None).await.1);
+    let mut client = Client::connect(gw.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.request("GET", "/x", &[("authorization", "Bearer same")], "").await.status, 200);
+    }
+    let after = samples(&scrape(&gw, None).await.1);
+    // The counts are the process's (other tests' gateways share them): at least this request's.
+    let delta = |result: &str| after[&series(result)] - before[&series(result)];
+    assert!(delta("miss") >= 1.0, "the first decision is asked for");
+    assert!(delta("hit") >= 4.0, "the other four are remembered");
+    assert_eq!(auth.requests(), 1, "and the service was asked once");
+    assert!(after.contains_key("gatehouse_policy_cache_lookups_total{cache=\"jwt\",result=\"hit\"}"));
+}

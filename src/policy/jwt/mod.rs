@@ -41,7 +41,7 @@ thread_local! {
     /// Tokens verified by this worker, until they expire (Unix seconds): a client presenting the
     /// same token again costs a lookup instead of a signature check, which costs more than proxying
     /// the request. Keyed by the whole token, under the policy's settings and the keys' generation.
-    static VERIFIED: std::cell::RefCell<LocalCache<Identity>> = std::cell::RefCell::new(LocalCache::new(8192));
+    static VERIFIED: std::cell::RefCell<LocalCache<Identity>> = std::cell::RefCell::new(LocalCache::new(8192, &crate::policy::cache::JWT));
 }
 
 enum Keys {
