@@ -171,6 +171,41 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
         }
     }
 
+    // TLS: every certificate loaded now, so a bad file is a config error with its place.
+    let mut tls = HashMap::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let Some(settings) = &listener.tls else { continue };
+        if settings.certificates.is_empty() {
+            problems.add(format!("listeners[{i}].tls.certificates"), "at least one certificate");
+            continue;
+        }
+        let mut settings = settings.clone();
+        let alpn = settings.alpn.get_or_insert_with(|| {
+            let mut alpn = vec!["http/1.1".to_owned()];
+            if listener.http2 {
+                alpn.insert(0, "h2".to_owned());
+            }
+            alpn
+        });
+        if let Some(bad) = alpn.iter().find(|p| !matches!(p.as_str(), "h2" | "http/1.1")) {
+            problems.add(format!("listeners[{i}].tls.alpn"), format!("{bad:?}: the protocols are h2 and http/1.1"));
+            continue;
+        }
+        if alpn.iter().any(|p| p == "h2") && !listener.http2 {
+            problems.add(format!("listeners[{i}].tls.alpn"), "h2 is offered, but the listener has http2: false");
+            continue;
+        }
+        match ctx.registry.listener_tls(&settings, ctx.dry_run) {
+            Ok(built) => {
+                tls.insert(listener.name.clone(), built);
+            }
+            Err((path, message)) => {
+                let path = path.strip_prefix("tls").unwrap_or(&path);
+                problems.add(format!("listeners[{i}].tls{path}"), message);
+            }
+        }
+    }
+
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
@@ -178,6 +213,7 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     let listeners = listeners
         .into_iter()
         .map(|(name, address)| {
+            let own = config.listeners.iter().find(|l| *l.name == *name);
             let table_specs: Vec<RouteSpec> = specs
                 .iter()
                 .filter(|(_, on)| on.as_ref().is_none_or(|names| names.contains(&*name)))
@@ -190,7 +226,15 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                 .and_then(|l| l.max_connections)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
             let unrouted = config.metrics.enabled.then(|| ctx.registry.metrics.route(&name, "", Vec::new()));
-            ListenerSettings { name, address, table: RouteTable::build(table_specs), max_connections, unrouted }
+            ListenerSettings {
+                tls: tls.get(&*name).cloned(),
+                http2: own.is_none_or(|l| l.http2),
+                name,
+                address,
+                table: RouteTable::build(table_specs),
+                max_connections,
+                unrouted,
+            }
         })
         .collect();
 
@@ -244,6 +288,9 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
     if limits.max_header_bytes.get() < 1024 {
         problems.add("server.limits.max_header_bytes", "must be at least 1KiB");
     }
+    if limits.max_concurrent_streams == 0 {
+        problems.add("server.limits.max_concurrent_streams", "at least 1");
+    }
     if limits.max_headers == 0 || limits.max_headers > 10_000 {
         problems.add("server.limits.max_headers", "must be between 1 and 10000");
     }
@@ -263,6 +310,7 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         max_uri_length: limits.max_uri_length.as_usize(),
         max_header_bytes: limits.max_header_bytes.as_usize(),
         max_headers: limits.max_headers as usize,
+        max_concurrent_streams: limits.max_concurrent_streams,
         max_body_size: limits.max_body_size.map(|s| s.get()),
         trace_sampling: None,
         trace_export: None,

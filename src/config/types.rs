@@ -379,6 +379,8 @@ pub struct LimitsConfig {
     pub max_header_bytes: ByteSize,
     /// Most request header fields; more gets 431.
     pub max_headers: u32,
+    /// Most HTTP/2 streams (requests) a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
     /// Largest request body accepted; larger gets 413: at once when Content-Length says so, or as
     /// soon as a streamed body goes past it (the body is never buffered to find out). No limit by
     /// default.
@@ -392,6 +394,7 @@ impl Default for LimitsConfig {
             max_uri_length: ByteSize::kib(8),
             max_header_bytes: ByteSize::kib(32),
             max_headers: 100,
+            max_concurrent_streams: 128,
             max_body_size: None,
         }
     }
@@ -500,6 +503,79 @@ pub struct ListenerConfig {
     /// connections are closed as soon as they are accepted. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
+    /// Terminate TLS on this listener (HTTPS): certificates chosen by SNI, TLS 1.2/1.3, ALPN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Serve HTTP/2 as well as HTTP/1.1: over TLS when the client offers `h2` in ALPN, in clear
+    /// text when the client starts with the HTTP/2 preface (h2c with prior knowledge).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub http2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate and key files (PEM). A client's SNI name picks the certificate that names it
+    /// (exactly, else by a `*.` wildcard); without a match, or without SNI, the default one
+    /// answers (the one marked `default`, else the first).
+    pub certificates: Vec<CertificateConfig>,
+    /// The oldest TLS version accepted: `"1.2"` (the default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// The application protocols offered in ALPN, most preferred first. Default `[h2, http/1.1]`
+    /// (`[http/1.1]` when the listener has `http2: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+    /// How often the files are checked for changes (renewed certificates are used without a
+    /// restart).
+    #[serde(default = "default_tls_watch")]
+    pub watch_interval: DurationValue,
+    /// The time a client has to complete the handshake.
+    #[serde(default = "default_tls_handshake")]
+    pub handshake_timeout: DurationValue,
+}
+
+fn default_tls_watch() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(5))
+}
+
+fn default_tls_handshake() -> DurationValue {
+    DurationValue(std::time::Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// One certificate (with its chain) and its private key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate, then its intermediates (PEM).
+    pub cert: String,
+    /// Its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+    /// The names it answers for (`api.example.com`, `*.example.com`). Default: the DNS names in
+    /// the certificate's subjectAltName.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Answer clients whose SNI matches no certificate (or who send none) with this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
 }
 
 // === upstreams ===

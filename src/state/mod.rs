@@ -66,6 +66,10 @@ pub struct ListenerSettings {
     pub max_connections: Option<usize>,
     /// The metrics of requests that match no route (None: metrics off).
     pub unrouted: Option<Arc<crate::telemetry::metrics::RouteMetrics>>,
+    /// TLS termination, when the listener has `tls`.
+    pub tls: Option<Arc<crate::transport::tls::ListenerTls>>,
+    /// HTTP/2 served (by ALPN over TLS, by prior knowledge in clear text).
+    pub http2: bool,
 }
 
 /// Process-wide request handling settings, resolved from `server:`.
@@ -80,6 +84,7 @@ pub struct ServerSettings {
     pub max_uri_length: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub max_concurrent_streams: u32,
     pub max_body_size: Option<u64>,
     /// With tracing on: the share of new traces sampled.
     pub trace_sampling: Option<f64>,

@@ -28,6 +28,7 @@ pub struct Registry {
     discoveries: Shared<crate::upstream::discovery::Discovery>,
     resolvers: Shared<hickory_resolver::TokioResolver>,
     span_sinks: Shared<crate::telemetry::otlp::SpanSink>,
+    listener_tls: Shared<crate::transport::tls::ListenerTls>,
     next_endpoint_id: AtomicU64,
     /// The metric families: they live as long as the process, so counts continue across reloads.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -140,6 +141,20 @@ impl Registry {
         get_or_try(&self.span_sinks, &format!("{config:?}"), || {
             crate::telemetry::otlp::SpanSink::start(config).map(Arc::new)
         })
+    }
+
+    /// A listener's TLS with these settings: a reload that keeps them keeps the certificates and
+    /// their watcher (a check run builds a fresh one and watches nothing).
+    pub fn listener_tls(
+        &self,
+        config: &crate::config::TlsConfig,
+        dry_run: bool,
+    ) -> Result<Arc<crate::transport::tls::ListenerTls>, (String, String)> {
+        let build = || crate::transport::tls::ListenerTls::build(config, dry_run).map(Arc::new);
+        if dry_run {
+            return build();
+        }
+        get_or_try(&self.listener_tls, &format!("{config:?}"), build)
     }
 
     /// Every live limit's store (for the idle-key sweep).

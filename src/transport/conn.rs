@@ -58,6 +58,8 @@ pub struct ConnState {
     head: Mutex<Vec<u8>>,
     /// Whether `head` holds the head of the next request to be dispatched.
     head_fresh: AtomicBool,
+    /// HTTP/2: bytes are frames of many streams, never an HTTP/1 head to copy or time.
+    multiplexed: AtomicBool,
     /// The listener's counts, whose requests in flight this connection's requests are.
     listener: Option<Arc<ListenerCounts>>,
 }
@@ -96,6 +98,7 @@ impl ConnState {
             waker: AtomicWaker::new(),
             head: Mutex::new(Vec::new()),
             head_fresh: AtomicBool::new(true),
+            multiplexed: AtomicBool::new(false),
             listener,
         })
     }
@@ -146,7 +149,7 @@ impl ConnState {
     #[inline]
     fn on_read(&self, bytes: &[u8]) {
         let phase = self.phase.load(Ordering::Relaxed);
-        if phase == Phase::Active as u8 {
+        if phase == Phase::Active as u8 || self.multiplexed.load(Ordering::Relaxed) {
             return;
         }
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,6 +161,14 @@ impl ConnState {
         }
         let room = HEAD_COPY_LIMIT.saturating_sub(head.len());
         head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// The connection speaks HTTP/2: the first request must still come within the head-read
+    /// deadline, and after that only the idle deadline applies (between requests: frames such as
+    /// PING do not restart a head-read clock).
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Asks the connection to act; a stronger command is never replaced by a weaker one.
@@ -202,22 +213,57 @@ fn raw_head_has_field(head: &[u8], name: &[u8]) -> Option<bool> {
     }
 }
 
-/// The client socket as hyper sees it: every read notes activity for the deadline logic.
+/// The client's byte stream: the socket, or TLS over it.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The client connection as hyper sees it: every read notes activity for the deadline logic
+/// (and, in HTTP/1, copies the request head). Bytes read before hyper took over (to tell HTTP/2
+/// from HTTP/1) are given to it first.
 pub struct ConnStream {
-    tcp: TcpStream,
+    io: ClientIo,
     state: Arc<ConnState>,
+    prefix: Option<bytes::Bytes>,
 }
 
 impl ConnStream {
-    pub fn new(tcp: TcpStream, state: Arc<ConnState>) -> Self {
-        ConnStream { tcp, state }
+    pub fn new(io: ClientIo, state: Arc<ConnState>, prefix: Option<bytes::Bytes>) -> Self {
+        ConnStream { io, state, prefix: prefix.filter(|p| !p.is_empty()) }
     }
+}
+
+macro_rules! with_io {
+    ($self:expr, $io:ident => $body:expr) => {
+        match &mut $self.io {
+            ClientIo::Plain($io) => {
+                let $io = Pin::new($io);
+                $body
+            }
+            ClientIo::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $body
+            }
+        }
+    };
 }
 
 impl AsyncRead for ConnStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(prefix) = &mut this.prefix {
+            let n = prefix.len().min(buf.remaining());
+            let head = prefix.split_to(n);
+            buf.put_slice(&head);
+            this.state.on_read(&head);
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let result = with_io!(self, io => io.poll_read(cx, buf));
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             self.state.on_read(new);
@@ -228,23 +274,26 @@ impl AsyncRead for ConnStream {
 
 impl AsyncWrite for ConnStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        with_io!(self, io => io.poll_write(cx, buf))
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        with_io!(self, io => io.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        match &self.io {
+            ClientIo::Plain(tcp) => tcp.is_write_vectored(),
+            ClientIo::Tls(tls) => tls.is_write_vectored(),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        with_io!(self, io => io.poll_flush(cx))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        with_io!(self, io => io.poll_shutdown(cx))
     }
 }
 
@@ -267,7 +316,13 @@ pub struct ConnContext {
 }
 
 impl ConnContext {
-    pub fn new(peer: SocketAddr, local: SocketAddr, listener: usize, state: Arc<ConnState>) -> ConnContext {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        listener: usize,
+        scheme: &'static str,
+        state: Arc<ConnState>,
+    ) -> ConnContext {
         let ip = crate::state::canonical_ip(peer.ip());
         let peer_ip_value =
             http::HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
@@ -279,7 +334,7 @@ impl ConnContext {
             peer,
             local,
             listener,
-            scheme: "http",
+            scheme,
             peer_ip_value,
             forwarded_for,
             forwarded_cache: Mutex::new(None),

@@ -8,4 +8,5 @@
 pub mod clock;
 pub mod conn;
 pub mod listener;
+pub mod tls;
 pub mod worker;

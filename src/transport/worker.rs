@@ -9,9 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -21,7 +21,7 @@ use crate::state::ServerSettings;
 use crate::upstream::pool;
 
 use super::clock;
-use super::conn::{Command, ConnContext, ConnState, ConnStream, Driver, Phase, ServeConnection};
+use super::conn::{ClientIo, Command, ConnContext, ConnState, ConnStream, Driver, Phase, ServeConnection};
 use super::listener::BoundListener;
 
 type Connections = Arc<Mutex<Vec<Weak<ConnState>>>>;
@@ -193,20 +193,97 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The HTTP/2 connection preface: a clear-text client that starts with it speaks HTTP/2 (h2c with
+/// prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<HttpProxy>, state: Arc<ConnState>) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let snap = proxy.snapshot.load();
-    let builder = h1_builder(&snap.server);
+    let server = snap.server.clone();
+    let Some(settings) = snap.listeners.get(listener) else { return };
+    let (tls, http2) = (settings.tls.clone(), settings.http2);
     drop(snap);
-    let ctx = Arc::new(ConnContext::new(peer, local, listener, state.clone()));
+    let (io, h2, prefix) = match tls {
+        Some(tls) => {
+            // A client that does not finish its handshake in time, or sends something that is not
+            // TLS, is closed: nothing to answer in.
+            let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            (ClientIo::Tls(Box::new(stream)), h2, None)
+        }
+        None if http2 => {
+            let mut stream = stream;
+            let first = tokio::time::timeout(server.header_read_timeout, sniff_preface(&mut stream)).await;
+            match first {
+                Ok(Ok((h2, prefix))) => (ClientIo::Plain(stream), h2, Some(prefix)),
+                // Closed before a byte, or silent for the whole head-read time.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+        None => (ClientIo::Plain(stream), false, None),
+    };
+    let scheme = if matches!(io, ClientIo::Tls(_)) { "https" } else { "http" };
+    let ctx = Arc::new(ConnContext::new(peer, local, listener, scheme, state.clone()));
     let service = service_fn(move |req: http::Request<Incoming>| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(proxy.serve(&ctx, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(ConnStream::new(stream, state.clone())), service);
-    Driver::new(H1(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+    let io = TokioIo::new(ConnStream::new(io, state.clone(), prefix));
+    if h2 {
+        state.set_multiplexed();
+        let conn = h2_builder(&server).serve_connection(io, service);
+        Driver::new(H2(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+    } else {
+        let conn = h1_builder(&server).serve_connection(io, service);
+        Driver::new(H1(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+    }
+}
+
+/// Reads the first bytes of a clear-text connection until they either are the HTTP/2 preface
+/// or cannot be: `(is HTTP/2, the bytes read)`. One read suffices in practice.
+async fn sniff_preface(stream: &mut TcpStream) -> std::io::Result<(bool, bytes::Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+
+/// HTTP/2 settings: streams per connection and header list size from the limits; hyper's own
+/// defences against rapid reset (a cap on streams reset before they are answered) stay on.
+fn h2_builder(server: &ServerSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let head_limit = (server.max_uri_length + server.max_header_bytes).saturating_mul(2) + 1024;
+    builder
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
 }
 
 /// hyper's parser limits sit above the configured ones, so that requests just over a limit get the
@@ -247,6 +324,39 @@ where
     }
     fn into_stream(self) -> Option<ConnStream> {
         Some(self.0.into_parts().io.into_inner())
+    }
+}
+
+struct H2<C>(C);
+
+impl<S> std::future::Future for H2<http2::Connection<TokioIo<ConnStream>, S, TokioExecutor>>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Output = Result<(), hyper::Error>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<S> ServeConnection for H2<http2::Connection<TokioIo<ConnStream>, S, TokioExecutor>>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(&mut self) {
+        std::pin::Pin::new(&mut self.0).graceful_shutdown();
+    }
+    /// Streams may be in progress: there is no single stream to answer on.
+    fn into_stream(self) -> Option<ConnStream> {
+        None
     }
 }
 

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dns;
 pub mod grpc_health;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

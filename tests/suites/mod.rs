@@ -24,5 +24,6 @@ mod reload;
 mod routing;
 mod splitting;
 mod timeouts;
+mod tls;
 mod traffic_limits;
 mod upstreams;
