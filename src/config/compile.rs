@@ -295,7 +295,9 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         problems.add("server.limits.max_headers", "must be between 1 and 10000");
     }
     let timeouts = &config.timeouts;
-    for (name, value) in [("header_read", timeouts.header_read), ("idle", timeouts.idle)] {
+    for (name, value) in
+        [("header_read", timeouts.header_read), ("idle", timeouts.idle), ("websocket_idle", timeouts.websocket_idle)]
+    {
         if value.get() < Duration::from_millis(10) {
             problems.add(format!("server.timeouts.{name}"), "must be at least 10ms");
         }
@@ -316,6 +318,7 @@ fn server_settings(config: &ServerConfig, problems: &mut Problems) -> ServerSett
         trace_export: None,
         header_read_timeout: timeouts.header_read.get(),
         idle_timeout: timeouts.idle.get(),
+        websocket_idle: timeouts.websocket_idle.get(),
         shutdown_grace: timeouts.shutdown_grace.get(),
         path: PathOptions {
             escaped_slashes: match config.path.escaped_slashes {
@@ -1156,6 +1159,7 @@ fn routes(
             mirror,
             rewrite,
             host,
+            websocket: r.websocket,
             timeout: timeouts.total.map(|t| t.get()),
             try_timeouts: crate::upstream::client::TryTimeouts {
                 connect: timeouts.connect.map(|t| t.get()),

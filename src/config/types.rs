@@ -410,6 +410,8 @@ pub struct ServerTimeoutsConfig {
     pub idle: DurationValue,
     /// On shutdown, how long in-flight requests may take to finish before connections are closed.
     pub shutdown_grace: DurationValue,
+    /// A WebSocket tunnel with no frame either way for this long is closed.
+    pub websocket_idle: DurationValue,
 }
 
 impl Default for ServerTimeoutsConfig {
@@ -418,6 +420,7 @@ impl Default for ServerTimeoutsConfig {
             header_read: DurationValue::secs(10),
             idle: DurationValue::secs(60),
             shutdown_grace: DurationValue::secs(30),
+            websocket_idle: DurationValue::secs(300),
         }
     }
 }
@@ -988,6 +991,11 @@ pub struct RouteConfig {
     /// Send the client's Host header upstream instead of the endpoint's host.
     #[serde(default, skip_serializing_if = "is_false")]
     pub preserve_host: bool,
+    /// Accept WebSocket upgrades: the handshake goes through the route's policies to the upstream,
+    /// and after its `101` frames are relayed both ways. Without it an upgrade is refused with
+    /// `400 upgrade_not_allowed`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub websocket: bool,
     /// Send this Host header upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<String>,

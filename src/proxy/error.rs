@@ -63,6 +63,8 @@ pub enum ProxyError {
     UpstreamTimeout(std::time::Duration),
     #[error("the route's timeout of {0:?} expired")]
     RouteTimeout(std::time::Duration),
+    #[error("this route does not accept WebSocket upgrades")]
+    UpgradeNotAllowed,
 }
 
 impl ProxyError {
@@ -78,7 +80,7 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::UpgradeNotAllowed => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -125,12 +127,14 @@ impl ProxyError {
             ProxyError::NoEndpoint(_) => "no_endpoint",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::RouteTimeout(_) => "route_timeout",
+            ProxyError::UpgradeNotAllowed => "upgrade_not_allowed",
         }
     }
 
     pub fn source(&self) -> ErrorSource {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::UpgradeNotAllowed
             | ProxyError::NoRoute { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::UriTooLong { .. }

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod headers;
 pub mod normalize;
 pub mod request_id;
+pub mod tunnel;
 
 use std::time::Instant;
 
@@ -217,6 +218,10 @@ impl Exchange<'_> {
             }
         };
         let route = snap.route(route_match.route);
+        let websocket = tunnel::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
+        if websocket && !route.websocket {
+            return Err(ProxyError::UpgradeNotAllowed);
+        }
         let policies = route.policies(self.conn.listener);
         let spec = listener.table.spec(route_match.route);
         self.log.set_route(&route.name, route.metrics.get(self.conn.listener));
@@ -286,7 +291,11 @@ impl Exchange<'_> {
         self.log.set_upstream_side(side);
         let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
+        let upgrade = if websocket { tunnel::Upgrade::take(&mut parts.extensions, &parts.headers) } else { None };
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore_request_headers(&mut parts.headers);
+        }
         if scan.expect {
             // gatehouse answers `Expect: 100-continue` itself when it starts reading the body.
             parts.headers.remove(header::EXPECT);
@@ -358,9 +367,19 @@ impl Exchange<'_> {
 
         // 8. Response policies.
         let (mut parts, body) = response.into_parts();
+        let upstream_protocol = parts.headers.get(header::UPGRADE).cloned();
         headers::strip_response_hop_by_hop(&mut parts.headers);
         policy::apply_response_policies(policies, &mut parts.headers);
         parts.headers.insert(server.request_id_header.clone(), request_id);
+        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Only the upgrade the client asked for, on a route that allows it, is switched to.
+            let Some(upgrade) = upgrade else {
+                return Err(ProxyError::UpstreamFailed("the upstream switched protocols unasked".into()));
+            };
+            let hold = self.conn.state.hold_connection();
+            upgrade.switch(&mut parts, upstream_protocol, checkout, server.websocket_idle, hold);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
     }
 }

@@ -92,6 +92,7 @@ pub struct ServerSettings {
     pub trace_export: Option<Arc<crate::telemetry::otlp::SpanSink>>,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub websocket_idle: Duration,
     pub shutdown_grace: Duration,
     pub path: PathOptions,
 }
@@ -122,6 +123,8 @@ pub struct Route {
     pub mirror: Option<Mirror>,
     pub rewrite: PathRewrite,
     pub host: UpstreamHost,
+    /// WebSocket upgrades are accepted.
+    pub websocket: bool,
     pub timeout: Option<Duration>,
     /// Connect and per-try timeouts that replace the upstream's for this route.
     pub try_timeouts: crate::upstream::client::TryTimeouts,

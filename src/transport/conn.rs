@@ -72,6 +72,15 @@ pub struct ListenerCounts {
     pub requests: std::sync::atomic::AtomicUsize,
 }
 
+/// A tunnel's place in its listener's count of open connections.
+pub struct ConnectionHold(Arc<ListenerCounts>);
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The counts of each listener, by listener id.
 pub type Counts = Arc<[Arc<ListenerCounts>]>;
 
@@ -161,6 +170,14 @@ impl ConnState {
         }
         let room = HEAD_COPY_LIMIT.saturating_sub(head.len());
         head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Keeps the connection counted as open on its listener after hyper has let go of it (a
+    /// WebSocket tunnel): released when dropped.
+    pub fn hold_connection(&self) -> Option<ConnectionHold> {
+        let listener = self.listener.clone()?;
+        listener.connections.fetch_add(1, Ordering::AcqRel);
+        Some(ConnectionHold(listener))
     }
 
     /// The connection speaks HTTP/2: the first request must still come within the head-read

@@ -248,7 +248,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
         let conn = h2_builder(&server).serve_connection(io, service);
         Driver::new(H2(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
     } else {
-        let conn = h1_builder(&server).serve_connection(io, service);
+        let conn = h1_builder(&server).serve_connection(io, service).with_upgrades();
         Driver::new(H1(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
     }
 }
@@ -301,7 +301,7 @@ fn h1_builder(server: &ServerSettings) -> http1::Builder {
 
 struct H1<C>(C);
 
-impl<S> std::future::Future for H1<http1::Connection<TokioIo<ConnStream>, S>>
+impl<S> std::future::Future for H1<http1::UpgradeableConnection<TokioIo<ConnStream>, S>>
 where
     S: hyper::service::HttpService<Incoming> + Unpin,
     S::ResBody: 'static,
@@ -313,7 +313,7 @@ where
     }
 }
 
-impl<S> ServeConnection for H1<http1::Connection<TokioIo<ConnStream>, S>>
+impl<S> ServeConnection for H1<http1::UpgradeableConnection<TokioIo<ConnStream>, S>>
 where
     S: hyper::service::HttpService<Incoming> + Unpin,
     S::ResBody: 'static,
@@ -323,7 +323,7 @@ where
         std::pin::Pin::new(&mut self.0).graceful_shutdown();
     }
     fn into_stream(self) -> Option<ConnStream> {
-        Some(self.0.into_parts().io.into_inner())
+        self.0.into_parts().map(|parts| parts.io.into_inner())
     }
 }
 

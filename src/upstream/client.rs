@@ -136,7 +136,8 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Sender, Upstr
         .await
         .map_err(|source| exchange_error(endpoint, source))?;
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        // With upgrades: a `101` hands the connection over to a WebSocket tunnel.
+        if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(error = %err, "upstream connection closed with an error");
         }
     });

@@ -27,3 +27,4 @@ mod timeouts;
 mod tls;
 mod traffic_limits;
 mod upstreams;
+mod websocket;
