@@ -71,14 +71,18 @@ fn select(bencher: Bencher, warming: bool) {
     use gatehouse::upstream::discovery::Target;
     use gatehouse::upstream::{MemberSpec, Members, PoolSettings, Upstream};
     let registry = gatehouse::state::registry::Registry::new();
-    let spec =
-        MemberSpec { upstream: Arc::from("bench"), balance: gatehouse::config::BalanceConfig::RoundRobin, check: None };
+    let spec = MemberSpec {
+        upstream: Arc::from("bench"),
+        balance: gatehouse::config::BalanceConfig::RoundRobin,
+        check: None,
+        tls: false,
+    };
     let targets: Vec<Target> = (0..10).map(|i| Target::new(&format!("10.0.0.{i}"), 8080, 1, None)).collect();
     let members = Members::build(&spec, &targets, &registry, false);
     let first = members.endpoints[0].clone();
     let pool = PoolSettings { max_idle_per_endpoint: 1, idle_timeout: std::time::Duration::from_secs(30) };
     let timeout = std::time::Duration::from_secs(1);
-    let mut upstream = Upstream::single("bench", first, timeout, timeout, pool);
+    let mut upstream = Upstream::single("bench", first, timeout, timeout, pool, None);
     upstream.members = Arc::new(arc_swap::ArcSwap::from_pointee(members));
     upstream.slow_start_ms = if warming { 3_600_000 } else { 0 };
     let now_ms = gatehouse::transport::clock::now_ms();

@@ -75,10 +75,15 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     }
     if let Some(otlp) = config.tracing.otlp.as_ref().filter(|_| config.tracing.enabled) {
         // A check run (validate, the pre-bind check) starts no exporter thread.
-        let endpoint_ok =
-            otlp.endpoint.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        let endpoint_ok = otlp
+            .endpoint
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
         if !endpoint_ok {
-            problems.add("tracing.otlp.endpoint", "an http:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces");
+            problems.add(
+                "tracing.otlp.endpoint",
+                "an http:// or https:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces",
+            );
         } else if !ctx.dry_run {
             match ctx.registry.span_sink(otlp) {
                 Ok(sink) => server.trace_export = Some(sink),
@@ -482,7 +487,52 @@ fn upstreams(
             },
             None => None,
         };
-        let spec = crate::upstream::MemberSpec { upstream: Arc::from(name.as_str()), balance: u.balance, check };
+        // TLS: `https://` endpoints (all of them: an upstream is one or the other), or `tls` with
+        // discovery.
+        let secure = match (u.endpoints.is_empty(), &u.tls) {
+            (true, tls) => tls.is_some(),
+            (false, tls) => {
+                let https = u
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.url().trim_start().to_ascii_lowercase().starts_with("https://"))
+                    .count();
+                if https != 0 && https != u.endpoints.len() {
+                    problems.add(
+                        format!("{base}.endpoints"),
+                        "mix of http:// and https:// endpoints: an upstream is reached one way",
+                    );
+                } else if https == 0 && tls.is_some() {
+                    problems
+                        .add(format!("{base}.tls"), "the endpoints are http://: write https:// to reach them over TLS");
+                }
+                https != 0
+            }
+        };
+        let tls = if secure {
+            let settings = u.tls.clone().unwrap_or_default();
+            match crate::upstream::tls::UpstreamTls::build(&settings) {
+                Ok(built) => {
+                    if built.insecure && !ctx_dry_run {
+                        tracing::warn!(upstream = %name, "TLS certificates of this upstream are NOT verified (insecure_skip_verify): for development only");
+                    }
+                    Some(Arc::new(built))
+                }
+                Err((field, message)) => {
+                    let path = if field.is_empty() { format!("{base}.tls") } else { format!("{base}.tls.{field}") };
+                    problems.add(path, message);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let check = check.map(|mut c| {
+            c.tls = tls.clone();
+            c
+        });
+        let spec =
+            crate::upstream::MemberSpec { upstream: Arc::from(name.as_str()), balance: u.balance, check, tls: secure };
         let hash_on = match (&u.hash_on, u.balance) {
             (Some(text), BalanceConfig::ConsistentHash) => match KeyPart::parse(text) {
                 Ok(part) => Some(Box::from([part])),
@@ -580,6 +630,7 @@ fn upstreams(
             }),
             fail_when_all_down: u.on_all_unhealthy == Some(crate::config::AllUnhealthyConfig::Fail),
             metrics: config.metrics.enabled.then(|| registry.metrics.upstream(name)),
+            tls,
         };
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }
@@ -650,6 +701,7 @@ fn check_settings(
         return Err(("healthy_threshold".into(), "thresholds are at least 1".into()));
     }
     Ok(CheckSettings {
+        tls: None,
         kind,
         port: c.port,
         interval,

@@ -583,6 +583,35 @@ pub struct CertificateConfig {
 
 // === upstreams ===
 
+/// TLS to an upstream's endpoints (`https://` URLs, or any endpoints found by `discovery`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// CA certificates (PEM) that the upstream's certificates must chain to. Default: the system's
+    /// trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The name sent in SNI and checked against the certificate. Default: each endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// A client certificate to present (mTLS to the upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateConfig>,
+    /// Do not verify the upstream's certificate. For development against self-signed
+    /// certificates only: anyone on the path can then impersonate the upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// The certificate and its chain (PEM).
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -590,6 +619,10 @@ pub struct UpstreamConfig {
     /// `discovery`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
+    /// TLS settings for `https://` endpoints (and for endpoints found by `discovery`, which then
+    /// are reached over TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
     /// Where the endpoints are found instead of listing them: DNS A/AAAA or SRV records
     /// (re-resolved as their TTLs run out) or a file watched for changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,12 +32,17 @@ impl Service {
     /// `url` is `http://host[:port][/path][?query]`; `kind` names the pool (e.g. `forward_auth`).
     pub fn new(kind: &str, url: &str, timeout: Duration, registry: &Registry) -> Result<Service, String> {
         let parsed = HttpUrl::parse(url)?;
-        let key = format!("{kind}:http://{}:{}", parsed.host, parsed.port);
-        let endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
+        let scheme = if parsed.tls { "https" } else { "http" };
+        let key = format!("{kind}:{scheme}://{}:{}", parsed.host, parsed.port);
+        let mut endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
+        if parsed.tls && parsed.port == 443 {
+            endpoint.authority = http::HeaderValue::from_str(&parsed.host).unwrap_or(endpoint.authority);
+        }
         let target = Uri::from(parsed.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
         let pool = PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) };
         let endpoint = Arc::new(endpoint);
-        let upstream = Upstream::single(kind, endpoint.clone(), timeout, timeout, pool);
+        let tls = if parsed.tls { Some(crate::upstream::tls::UpstreamTls::system()?) } else { None };
+        let upstream = Upstream::single(kind, endpoint.clone(), timeout, timeout, pool, tls);
         Ok(Service { upstream, endpoint, target, timeout })
     }
 

@@ -42,8 +42,8 @@ impl SpanSink {
     pub fn start(config: &OtlpConfig) -> Result<SpanSink, String> {
         use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
         let uri: http::Uri = config.endpoint.parse().map_err(|e| format!("not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err("an http:// URL with a host (a local collector agent; https is not supported yet)".into());
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err("an http:// or https:// URL with a host".into());
         }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -112,17 +112,33 @@ async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, opentelemetry_
     use http_body_util::BodyExt;
     let (mut parts, body) = request.into_parts();
     let host = parts.uri.host().ok_or("the endpoint has no host")?.trim_matches(['[', ']']).to_owned();
-    let port = parts.uri.port_u16().unwrap_or(80);
+    let tls = parts.uri.scheme_str() == Some("https");
+    let port = parts.uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+    let mut sender = if tls {
+        let secured = crate::upstream::tls::UpstreamTls::system()?.connect(stream, &host).await?;
+        start(secured).await?
+    } else {
+        start(stream).await?
+    };
     parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
     parts.headers.insert(http::header::HOST, http::HeaderValue::from_str(&authority)?);
     let response = sender.send_request(Request::from_parts(parts, http_body_util::Full::new(body))).await?;
     let (parts, body) = response.into_parts();
     let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
     Ok(Response::from_parts(parts, body))
+}
+
+async fn start<I>(
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>, opentelemetry_http::HttpError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// The span of one sampled request, filled in as the request goes, exported when it ends.

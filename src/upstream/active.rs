@@ -31,6 +31,8 @@ pub struct CheckSettings {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// HTTP and gRPC checks go over TLS when the endpoints are `https://`.
+    pub tls: Option<Arc<super::tls::UpstreamTls>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,15 +145,38 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Handle {
 }
 
 async fn probe(host: &str, port: u16, settings: &CheckSettings) -> Result<(), String> {
-    match tokio::time::timeout(settings.timeout, probe_inner(host, port, &settings.kind)).await {
+    match tokio::time::timeout(settings.timeout, probe_inner(host, port, &settings.kind, settings.tls.as_deref())).await
+    {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", settings.timeout)),
     }
 }
 
-async fn probe_inner(host: &str, port: u16, kind: &CheckKind) -> Result<(), String> {
+async fn probe_inner(
+    host: &str,
+    port: u16,
+    kind: &CheckKind,
+    tls: Option<&super::tls::UpstreamTls>,
+) -> Result<(), String> {
     let stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    if matches!(kind, CheckKind::Tcp) {
+        return Ok(());
+    }
+    match tls {
+        Some(tls) => {
+            let stream = tls.connect(stream, host).await.map_err(|e| format!("TLS: {e}"))?;
+            exchange(stream, host, port, kind).await
+        }
+        None => exchange(stream, host, port, kind).await,
+    }
+}
+
+/// The HTTP or gRPC check over a connected stream.
+async fn exchange<I>(stream: I, host: &str, port: u16, kind: &CheckKind) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (path, host_header, statuses, body_contains) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Grpc { service, authority } => {

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::proxy::body::UpstreamBody;
 
 use super::pool::{self, Checkout, Sender};
+use super::tls::UpstreamTls;
 use super::{Endpoint, Upstream};
 
 /// Why an upstream exchange failed; the proxy maps these to 502/504.
@@ -84,7 +85,7 @@ pub async fn send_or_return(
         Some(Ok(pending)) => pending,
         None => None,
     };
-    let connected = connect(endpoint, connect_timeout).await;
+    let connected = connect(endpoint, connect_timeout, upstream.tls.as_deref()).await;
     drop(pending);
     let mut sender = match connected {
         Ok(sender) => sender,
@@ -113,13 +114,25 @@ fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {
     UpstreamError::Exchange { endpoint: endpoint.url.to_string(), source }
 }
 
-async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Sender, UpstreamError> {
+/// A connection to an endpoint: the socket, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects (and with `tls`, completes the handshake) within `timeout`, then starts HTTP/1.1.
+async fn connect(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Sender, UpstreamError> {
     let connect_all = async {
         let addrs = endpoint.addresses().await?;
         let mut last_error = None;
         for addr in addrs {
             match connect_one(addr).await {
-                Ok(stream) => return Ok(stream),
+                Ok(stream) => {
+                    return match tls {
+                        Some(tls) => tls.connect(stream, &endpoint.host).await.map(|s| Stream::Tls(Box::new(s))),
+                        None => Ok(Stream::Plain(stream)),
+                    };
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -130,9 +143,19 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Sender, Upstr
         Ok(Err(source)) => return Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
         Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
     };
+    match stream {
+        Stream::Plain(stream) => handshake(endpoint, stream).await,
+        Stream::Tls(stream) => handshake(endpoint, stream).await,
+    }
+}
+
+async fn handshake<I>(endpoint: &Endpoint, io: I) -> Result<Sender, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(1024 * 1024)
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| exchange_error(endpoint, source))?;
     tokio::spawn(async move {

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -49,6 +50,8 @@ pub struct Upstream {
     pub fail_when_all_down: bool,
     /// Metric handles (None: metrics off, or one of gatehouse's own service calls).
     pub metrics: Option<crate::telemetry::metrics::UpstreamMetrics>,
+    /// TLS to the endpoints (`https://`).
+    pub tls: Option<Arc<tls::UpstreamTls>>,
 }
 
 /// An upstream's endpoints as they are now, with the balancer that picks among them.
@@ -67,6 +70,9 @@ pub struct MemberSpec {
     pub upstream: Arc<str>,
     pub balance: crate::config::BalanceConfig,
     pub check: Option<active::CheckSettings>,
+    /// The endpoints are reached over TLS: their URLs say `https://`, and port 443 is left out of
+    /// the Host header.
+    pub tls: bool,
 }
 
 impl Members {
@@ -80,7 +86,11 @@ impl Members {
         let endpoints: Vec<Arc<Endpoint>> = targets
             .iter()
             .map(|t| {
-                let mut endpoint = Endpoint::new(&t.url, &t.host, t.port, t.weight, registry.endpoint(&t.url));
+                let url = if spec.tls { t.url.replacen("http://", "https://", 1) } else { t.url.clone() };
+                let mut endpoint = Endpoint::new(&url, &t.host, t.port, t.weight, registry.endpoint(&url));
+                if spec.tls && t.port == 443 && t.authority.is_none() {
+                    endpoint.authority = HeaderValue::from_str(&bracketed(&t.host)).unwrap_or(endpoint.authority);
+                }
                 if let Some(authority) = t.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
                     endpoint.authority = authority;
                 }
@@ -150,7 +160,11 @@ pub fn target_of(url: &str, weight: u32) -> Result<discovery::Target, String> {
     if parsed.path_and_query.is_some() {
         return Err(format!("\"{url}\": an endpoint URL cannot have a path or query; use a route's rewrite"));
     }
-    Ok(discovery::Target::new(&parsed.host, parsed.port, weight, None))
+    let mut target = discovery::Target::new(&parsed.host, parsed.port, weight, None);
+    if parsed.tls {
+        target.url = target.url.replacen("http://", "https://", 1);
+    }
+    Ok(target)
 }
 
 /// Redraws at most this often when the balancer picks an endpoint that is still warming up.
@@ -165,6 +179,7 @@ impl Upstream {
         connect_timeout: Duration,
         response_header_timeout: Duration,
         pool: PoolSettings,
+        tls: Option<Arc<tls::UpstreamTls>>,
     ) -> Upstream {
         let members = Members { endpoints: vec![endpoint], balancer: Balancer::random(&[1]), _probers: Vec::new() };
         Upstream {
@@ -187,6 +202,7 @@ impl Upstream {
             breaker: None,
             fail_when_all_down: false,
             metrics: None,
+            tls,
         }
     }
 
@@ -328,17 +344,19 @@ pub struct HttpUrl {
     pub port: u16,
     /// None for an empty path or `/` without a query.
     pub path_and_query: Option<http::uri::PathAndQuery>,
+    /// `https://`.
+    pub tls: bool,
 }
 
 impl HttpUrl {
     pub fn parse(url: &str) -> Result<HttpUrl, String> {
         let uri: http::Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL such as http://10.0.0.1:8080"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(format!("\"{url}\": https is not supported yet; use http://")),
-            Some(other) => return Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http://")),
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => return Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http:// or https://")),
             None => return Err(format!("\"{url}\" needs a scheme, e.g. http://{url}")),
-        }
+        };
         let authority = uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?;
         if authority.as_str().contains('@') {
             return Err(format!("\"{url}\": credentials in URLs are not supported"));
@@ -349,7 +367,8 @@ impl HttpUrl {
         }
         let path_and_query =
             uri.path_and_query().filter(|pq| !(matches!(pq.path(), "" | "/") && pq.query().is_none())).cloned();
-        Ok(HttpUrl { host, port: authority.port_u16().unwrap_or(80), path_and_query })
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(HttpUrl { host, port, path_and_query, tls })
     }
 }
 
@@ -441,7 +460,11 @@ mod tests {
         assert_eq!(at("http://10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080, "http://10.0.0.1:8080".into()));
         assert_eq!(at("http://User.Internal").unwrap(), ("user.internal".into(), 80, "http://user.internal:80".into()));
         assert_eq!(at("http://[::1]:81/").unwrap(), ("[::1]".into(), 81, "http://[::1]:81".into()));
-        for bad in ["10.0.0.1:80", "ftp://x", "https://x", "http://x/base", "http://u:p@x", "http://x?q", "not a url"] {
+        let secure = target_of("https://x", 1).unwrap();
+        assert_eq!((secure.port, secure.url.as_str()), (443, "https://x:443"));
+        for bad in
+            ["10.0.0.1:80", "ftp://x", "https://x/base", "http://x/base", "http://u:p@x", "http://x?q", "not a url"]
+        {
             assert!(at(bad).is_err(), "{bad}");
         }
         assert!(target_of("http://x:1", 0).is_err());

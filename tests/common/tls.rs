@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 pub struct Pki {
     pub dir: tempfile::TempDir,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    ca_der: CertificateDer<'static>,
+    pub ca_der: CertificateDer<'static>,
 }
 
 /// A certificate's files and its DER (to compare with what a server presented).
@@ -122,4 +122,63 @@ pub fn replace(path: &Path, text: &[u8]) {
     let temporary = path.with_extension("new");
     std::fs::write(&temporary, text).unwrap();
     std::fs::rename(&temporary, path).unwrap();
+}
+
+/// An HTTPS server answering every request with JSON: the SNI it was reached by, whether the
+/// client presented a certificate, and the request's Host. With `client_ca`, a client
+/// certificate from `pki` is required.
+pub struct HttpsUpstream {
+    pub addr: SocketAddr,
+}
+
+impl HttpsUpstream {
+    pub async fn start(pki: &Pki, issued: &Issued, require_client_cert: bool) -> HttpsUpstream {
+        use rustls::pki_types::pem::PemObject;
+        let chain = vec![issued.der.clone()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der.clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let (_, session) = tls.get_ref();
+                    let sni = session.server_name().map(str::to_owned);
+                    let client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        let body = serde_json::json!({
+                            "sni": sni,
+                            "client_cert": client_cert,
+                            "host": request.headers().get("host").map(|h| h.to_str().unwrap_or_default().to_owned()),
+                            "uri": request.uri().to_string(),
+                        });
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                                body.to_string(),
+                            ))))
+                        }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        HttpsUpstream { addr }
+    }
 }

@@ -101,7 +101,7 @@ routes:
         "listeners[1].name: listener \"public\" is defined twice",
         "listeners[1].address: 127.0.0.1:1 is already used",
         "upstreams.u.endpoints[1]: endpoint http://a:1 is listed twice",
-        "upstreams.u.endpoints[2]: \"https://b\": https is not supported yet",
+        "upstreams.u.endpoints: mix of http:// and https:// endpoints",
         "routes[0].match.methods[0]",
         "routes[0].match.headers.bad header",
         "routes[1].name: route \"r\" is already defined at routes[0]",

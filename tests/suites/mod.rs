@@ -26,5 +26,6 @@ mod splitting;
 mod timeouts;
 mod tls;
 mod traffic_limits;
+mod upstream_tls;
 mod upstreams;
 mod websocket;

@@ -235,7 +235,7 @@ routes: [{{ name: app, upstream: app }}]
 #[test]
 fn bad_otlp_settings_are_config_errors() {
     for (otlp, words) in [
-        (r#"{ endpoint: "https://collector:4318/v1/traces" }"#, "http://"),
+        (r#"{ endpoint: "ftp://collector:4318/v1/traces" }"#, "http://"),
         (r#"{ endpoint: "not a url" }"#, "http://"),
         (r#"{ endpoint: "http://c:4318/v1/traces", headers: { "bad header": x } }"#, "header"),
         (r#"{ endpoint: "http://c:4318/v1/traces", interval: 0s }"#, "longer than 0"),

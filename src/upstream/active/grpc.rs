@@ -12,7 +12,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// The most of a response body read: a health answer is a handful of bytes.
@@ -22,7 +21,10 @@ const PREFIX_LEN: usize = 5;
 
 /// Asks the server at the other end of `stream` whether `service` ("": the whole server) is
 /// serving. `Ok` only for HTTP 200, `grpc-status: 0` and a `SERVING` answer.
-pub async fn check(stream: TcpStream, authority: &str, service: &str) -> Result<(), String> {
+pub async fn check<I>(stream: I, authority: &str, service: &str) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let message = encode_request(service)?;
     let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
