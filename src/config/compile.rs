@@ -179,6 +179,17 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     // TLS: every certificate loaded now, so a bad file is a config error with its place.
     let mut tls = HashMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(redirect) = &listener.https_redirect {
+            if !matches!(redirect.status, 301 | 302 | 307 | 308) {
+                problems.add(format!("listeners[{i}].https_redirect.status"), "301, 302, 307 or 308");
+            }
+            if redirect.port == 0 {
+                problems.add(format!("listeners[{i}].https_redirect.port"), "a port from 1 to 65535");
+            }
+            if listener.tls.is_some() {
+                problems.add(format!("listeners[{i}].https_redirect"), "the listener is HTTPS already");
+            }
+        }
         let Some(settings) = &listener.tls else { continue };
         if settings.certificates.is_empty() {
             problems.add(format!("listeners[{i}].tls.certificates"), "at least one certificate");
@@ -234,6 +245,9 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
             ListenerSettings {
                 tls: tls.get(&*name).cloned(),
                 http2: own.is_none_or(|l| l.http2),
+                https_redirect: own
+                    .and_then(|l| l.https_redirect.as_ref())
+                    .and_then(|r| Some((r.port, http::StatusCode::from_u16(r.status).ok()?))),
                 name,
                 address,
                 table: RouteTable::build(table_specs),

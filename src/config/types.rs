@@ -513,6 +513,25 @@ pub struct ListenerConfig {
     /// text when the client starts with the HTTP/2 preface (h2c with prior knowledge).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub http2: bool,
+    /// Answer every request with a redirect to the same URL over HTTPS (a clear-text listener in
+    /// front of a TLS one, like port 80 in front of 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirectConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsRedirectConfig {
+    /// The HTTPS port to send clients to (left out of the URL when 443).
+    pub port: u16,
+    /// `301`, `302`, `307` or `308` (the default: permanent, and the method and body are kept).
+    pub status: u16,
+}
+
+impl Default for HttpsRedirectConfig {
+    fn default() -> Self {
+        HttpsRedirectConfig { port: 443, status: 308 }
+    }
 }
 
 fn yes() -> bool {

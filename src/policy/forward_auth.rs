@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_reported_by_field() {
-        let mut c = config("https://auth.internal/check");
+        let mut c = config("ftp://auth.internal/check");
         c.upstream_headers = vec!["x-user".into(), "bad header".into()];
         c.forward_headers = Some(vec!["authorization".into(), "(".into()]);
         c.cache = Some(DecisionCacheConfig { ttl: DurationValue::secs(0), key: vec![":path".into()] });

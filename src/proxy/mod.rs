@@ -184,6 +184,9 @@ impl Exchange<'_> {
 
         // 4. Route.
         let listener = &snap.listeners[self.conn.listener];
+        if let Some((port, status)) = listener.https_redirect {
+            return https_redirect(&parts, host.as_deref(), port, status);
+        }
         // A CORS preflight is routed as the request it announces (a route for `POST /orders`
         // answers the preflight of `POST /orders`); if that route has no CORS policy, it is an
         // ordinary OPTIONS request after all.
@@ -382,6 +385,26 @@ impl Exchange<'_> {
         }
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
     }
+}
+
+/// The same request target on `https://host[:port]`.
+fn https_redirect(
+    parts: &http::request::Parts,
+    host: Option<&str>,
+    port: u16,
+    status: http::StatusCode,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host = host.ok_or_else(|| ProxyError::BadRequest("a redirect to HTTPS needs a Host".into()))?;
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location =
+        if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
+    let location =
+        HeaderValue::from_str(&location).map_err(|_| ProxyError::BadRequest("invalid redirect target".into()))?;
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::LOCATION, location);
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(response)
 }
 
 /// `(Origin, announced method)` of a CORS preflight request.

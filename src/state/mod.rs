@@ -70,6 +70,8 @@ pub struct ListenerSettings {
     pub tls: Option<Arc<crate::transport::tls::ListenerTls>>,
     /// HTTP/2 served (by ALPN over TLS, by prior knowledge in clear text).
     pub http2: bool,
+    /// Every request is redirected to HTTPS: (port, status).
+    pub https_redirect: Option<(u16, http::StatusCode)>,
 }
 
 /// Process-wide request handling settings, resolved from `server:`.

@@ -23,6 +23,7 @@ mod rate_limit_redis;
 mod reload;
 mod routing;
 mod splitting;
+mod streaming;
 mod timeouts;
 mod tls;
 mod traffic_limits;

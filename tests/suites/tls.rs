@@ -348,3 +348,31 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn a_clear_text_listener_can_send_everyone_to_https() {
+    let gw = TestGateway::start(
+        r#"listeners:
+  - { name: http, address: "127.0.0.1:0", https_redirect: { port: 8443 } }
+  - { name: http-default, address: "127.0.0.1:0", https_redirect: { status: 301 } }
+routes: [{ name: teapot, policies: [{ direct_response: { status: 418 } }] }]
+"#,
+    );
+    let mut client = Client::connect(gw.listener("http")).await;
+    for method in ["GET", "POST"] {
+        let reply = client.request(method, "/orders/7?x=%2F1", &[("host", "Shop.Example.com:80")], "").await;
+        assert_eq!(reply.status, 308, "{method}");
+        assert_eq!(reply.header("location"), Some("https://shop.example.com:8443/orders/7?x=%2F1"));
+    }
+    let mut client = Client::connect(gw.listener("http-default")).await;
+    let reply = client.request("GET", "/", &[("host", "shop.example.com")], "").await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(reply.header("location"), Some("https://shop.example.com/"), "443 is left out");
+
+    let error =
+        TestGateway::try_start("listeners: [{ name: h, address: \"127.0.0.1:0\", https_redirect: { status: 200 } }]\n")
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(error.contains("listeners[0].https_redirect.status"), "{error}");
+}

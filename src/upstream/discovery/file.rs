@@ -63,6 +63,11 @@ pub fn parse(text: &str) -> Result<Vec<Target>, String> {
     let mut targets = Vec::with_capacity(list.len());
     for (i, endpoint) in list.iter().enumerate() {
         let target = super::super::target_of(endpoint.url(), endpoint.weight()).map_err(|m| format!("[{i}]: {m}"))?;
+        if target.url.starts_with("https://") {
+            return Err(format!(
+                "[{i}]: write http:// URLs; with `tls` set on the upstream, what discovery finds is reached over TLS"
+            ));
+        }
         targets.push(target);
     }
     Ok(targets)
