@@ -525,7 +525,10 @@ fn upstreams(
         };
         let tls = if secure {
             let settings = u.tls.clone().unwrap_or_default();
-            match crate::upstream::tls::UpstreamTls::build(&settings) {
+            match crate::upstream::tls::UpstreamTls::build(
+                &settings,
+                u.protocol == crate::config::UpstreamProtocol::Http2,
+            ) {
                 Ok(built) => {
                     if built.insecure && !ctx_dry_run {
                         tracing::warn!(upstream = %name, "TLS certificates of this upstream are NOT verified (insecure_skip_verify): for development only");
@@ -645,6 +648,7 @@ fn upstreams(
             fail_when_all_down: u.on_all_unhealthy == Some(crate::config::AllUnhealthyConfig::Fail),
             metrics: config.metrics.enabled.then(|| registry.metrics.upstream(name)),
             tls,
+            http2: u.protocol == crate::config::UpstreamProtocol::Http2,
         };
         out.insert(upstream.name.clone(), Arc::new(upstream));
     }

@@ -602,6 +602,18 @@ pub struct CertificateConfig {
 
 // === upstreams ===
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+fn is_default_protocol(p: &UpstreamProtocol) -> bool {
+    *p == UpstreamProtocol::Http1
+}
+
 /// TLS to an upstream's endpoints (`https://` URLs, or any endpoints found by `discovery`).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -642,6 +654,10 @@ pub struct UpstreamConfig {
     /// are reached over TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// `http1` (the default) or `http2`: HTTP/2 over TLS (ALPN `h2`) for `https://` endpoints,
+    /// with prior knowledge (h2c) for `http://` ones. gRPC services need `http2`.
+    #[serde(default, skip_serializing_if = "is_default_protocol")]
+    pub protocol: UpstreamProtocol,
     /// Where the endpoints are found instead of listing them: DNS A/AAAA or SRV records
     /// (re-resolved as their TTLs run out) or a file watched for changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -165,7 +165,7 @@ impl ProxyError {
 
     /// The message shown to clients: upstream details (addresses, OS errors) stay in gatehouse's own
     /// logs, never in responses.
-    fn public_message(&self) -> Cow<'static, str> {
+    pub fn public_message(&self) -> Cow<'static, str> {
         match self {
             ProxyError::UpstreamUnavailable(_) => "the upstream service is unavailable".into(),
             ProxyError::UpstreamFailed(_) => "the upstream service failed to answer".into(),

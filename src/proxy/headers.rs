@@ -83,6 +83,15 @@ pub fn scan(headers: &HeaderMap) -> HeadScan {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header named in
 /// `Connection`. These describe one connection and must not be forwarded to the next. `hop` is
 /// `HeadScan::hop` of these headers.
+/// Whether the request's `TE` lists `trailers`.
+pub fn te_has_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, hop: u16) {
     if hop == 0 {
         return;

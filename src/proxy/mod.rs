@@ -15,6 +15,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod headers;
 pub mod normalize;
 pub mod request_id;
@@ -80,6 +81,7 @@ impl HttpProxy {
             slot: None,
             in_flight: None,
         };
+        let grpc = grpc::content_type(req.headers());
         let result = exchange.handle(req).await;
         let Exchange { mut log, request_id, cors, rate_reports, slot, in_flight, .. } = exchange;
         log.set_unrouted(listener.unrouted.as_ref());
@@ -91,7 +93,12 @@ impl HttpProxy {
                     ErrorSource::Downstream => tracing::debug!(error = %err, "request rejected"),
                     _ => tracing::warn!(error = %err, request_id = ?request_id, "request failed"),
                 }
-                err.to_response(request_id.as_ref(), &snap.server.request_id_header)
+                match grpc {
+                    Some(content_type) => {
+                        grpc::error_response(&err, content_type, request_id.as_ref(), &snap.server.request_id_header)
+                    }
+                    None => err.to_response(request_id.as_ref(), &snap.server.request_id_header),
+                }
             }
         };
         // CORS headers go on every response of a CORS route, the gateway's own errors included:
@@ -295,7 +302,13 @@ impl Exchange<'_> {
         let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         let upgrade = if websocket { tunnel::Upgrade::take(&mut parts.extensions, &parts.headers) } else { None };
+        // `TE: trailers` is the one TE an HTTP/2 upstream may get; gRPC servers look for it.
+        let te_trailers = upstream.http2 && headers::te_has_trailers(&parts.headers);
+        let grpc_timeout = grpc::timeout(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
+        if te_trailers {
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some(upgrade) = &upgrade {
             upgrade.restore_request_headers(&mut parts.headers);
         }
@@ -358,7 +371,12 @@ impl Exchange<'_> {
             timeouts: route.try_timeouts,
         };
         let exchange = Box::pin(tries.run(parts, body, &mut self.log));
-        let (response, checkout, in_flight) = match route.timeout {
+        // A gRPC client's deadline bounds the route's time too.
+        let limit = match (route.timeout, grpc_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (response, checkout, in_flight) = match limit {
             Some(limit) => match tokio::time::timeout_at((self.start + limit).into(), exchange).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ProxyError::RouteTimeout(limit)),

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::proxy::body::UpstreamBody;
 
-use super::pool::{self, Checkout, Sender};
+use super::pool::{self, Checkout, Sender, Sender2};
 use super::tls::UpstreamTls;
 use super::{Endpoint, Upstream};
 
@@ -64,6 +64,9 @@ pub async fn send_or_return(
     let head_timeout = timeouts.response_header.unwrap_or(upstream.response_header_timeout);
     let key = endpoint.state.id;
     endpoint.state.count_request();
+    if upstream.http2 {
+        return send_h2(upstream, endpoint, request, connect_timeout, head_timeout).await;
+    }
     while let Some(mut sender) = pool::take(key) {
         if sender.ready().await.is_err() {
             continue;
@@ -103,6 +106,93 @@ pub async fn send_or_return(
     }
 }
 
+/// `send_or_return` to an HTTP/2 upstream: the request becomes a stream of the worker's
+/// connection to the endpoint (made on first use, and again when the upstream closed it).
+async fn send_h2(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    mut request: Request<UpstreamBody>,
+    connect_timeout: Duration,
+    head_timeout: Duration,
+) -> Result<(Response<Incoming>, Checkout), (UpstreamError, Option<Request<UpstreamBody>>)> {
+    let key = endpoint.state.id;
+    // HTTP/2 names the target in :scheme and :authority, taken from an absolute URI.
+    let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+    let authority = request.headers_mut().remove(http::header::HOST);
+    let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    match format!("{scheme}://{authority}{target}").parse::<http::Uri>() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            let error = UpstreamError::Connect {
+                endpoint: endpoint.url.to_string(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no valid HTTP/2 target"),
+            };
+            return Err((error, None));
+        }
+    }
+    *request.version_mut() = http::Version::HTTP_2;
+    let pooled = pool::take_shared(key);
+    let mut sender = match pooled {
+        Some(sender) => sender,
+        None => {
+            let sender = match connect_h2(endpoint, connect_timeout, upstream.tls.as_deref()).await {
+                Ok(sender) => sender,
+                Err(e) => return Err((e, Some(request))),
+            };
+            pool::put_shared(key, sender.clone());
+            sender
+        }
+    };
+    // Waits while the connection has as many streams open as the upstream allows.
+    if let Err(source) = sender.ready().await {
+        return Err((exchange_error(endpoint, source), Some(request)));
+    }
+    match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
+        Ok(response) => Ok((response, Checkout::shared(key, upstream.pool))),
+        Err(mut err) => {
+            let back = err.take_message();
+            Err((exchange_error(endpoint, err.into_error()), back))
+        }
+    }
+}
+
+async fn connect_h2(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<Sender2, UpstreamError> {
+    match dial(endpoint, timeout, tls).await? {
+        Stream::Plain(stream) => handshake_h2(endpoint, stream).await,
+        Stream::Tls(stream) => {
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                let source = io::Error::other("the upstream did not agree to HTTP/2 (ALPN h2)");
+                return Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source });
+            }
+            handshake_h2(endpoint, stream).await
+        }
+    }
+}
+
+async fn handshake_h2<I>(endpoint: &Endpoint, io: I) -> Result<Sender2, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(false)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| exchange_error(endpoint, source))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream HTTP/2 connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// Bounds the wait for the response head.
 async fn timed<T>(limit: Duration, endpoint: &Endpoint, exchange: impl Future<Output = T>) -> Result<T, UpstreamError> {
     tokio::time::timeout(limit, exchange)
@@ -122,6 +212,15 @@ enum Stream {
 
 /// Connects (and with `tls`, completes the handshake) within `timeout`, then starts HTTP/1.1.
 async fn connect(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Sender, UpstreamError> {
+    match dial(endpoint, timeout, tls).await? {
+        Stream::Plain(stream) => handshake(endpoint, stream).await,
+        Stream::Tls(stream) => handshake(endpoint, stream).await,
+    }
+}
+
+/// A connection to one of the endpoint's addresses (with `tls`, its handshake done) within
+/// `timeout`.
+async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Stream, UpstreamError> {
     let connect_all = async {
         let addrs = endpoint.addresses().await?;
         let mut last_error = None;
@@ -138,14 +237,10 @@ async fn connect(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTl
         }
         Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
     };
-    let stream = match tokio::time::timeout(timeout, connect_all).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
-        Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
-    };
-    match stream {
-        Stream::Plain(stream) => handshake(endpoint, stream).await,
-        Stream::Tls(stream) => handshake(endpoint, stream).await,
+    match tokio::time::timeout(timeout, connect_all).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
+        Err(_) => Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Upstream {
     pub metrics: Option<crate::telemetry::metrics::UpstreamMetrics>,
     /// TLS to the endpoints (`https://`).
     pub tls: Option<Arc<tls::UpstreamTls>>,
+    /// HTTP/2 to the endpoints (one multiplexed connection per endpoint and worker).
+    pub http2: bool,
 }
 
 /// An upstream's endpoints as they are now, with the balancer that picks among them.
@@ -203,6 +205,7 @@ impl Upstream {
             fail_when_all_down: false,
             metrics: None,
             tls,
+            http2: false,
         }
     }
 

@@ -17,6 +17,8 @@ use crate::transport::clock;
 use super::PoolSettings;
 
 pub type Sender = SendRequest<UpstreamBody>;
+/// An HTTP/2 connection: shared by every request to its endpoint on this worker.
+pub type Sender2 = hyper::client::conn::http2::SendRequest<UpstreamBody>;
 
 struct Idle {
     sender: Sender,
@@ -27,6 +29,8 @@ struct Idle {
 #[derive(Default)]
 struct Pool {
     idle: HashMap<u64, VecDeque<Idle>, BuildHasherDefault<EndpointIdHasher>>,
+    /// HTTP/2 endpoints: one live connection each.
+    shared: HashMap<u64, Sender2, BuildHasherDefault<EndpointIdHasher>>,
 }
 
 /// Endpoint ids are small distinct counters from the registry: they are their own hash, and a
@@ -55,25 +59,29 @@ thread_local! {
 /// A connection taken for one request; `release` returns it to this thread's pool.
 pub struct Checkout {
     key: u64,
-    sender: Sender,
+    /// None for a stream of a shared HTTP/2 connection: nothing to give back.
+    sender: Option<Sender>,
     settings: PoolSettings,
 }
 
 impl Checkout {
     pub fn new(key: u64, sender: Sender, settings: PoolSettings) -> Checkout {
-        Checkout { key, sender, settings }
+        Checkout { key, sender: Some(sender), settings }
+    }
+
+    /// A stream of a shared HTTP/2 connection.
+    pub fn shared(key: u64, settings: PoolSettings) -> Checkout {
+        Checkout { key, sender: None, settings }
     }
 
     /// Returns the connection to the pool, if it is still usable and the pool has room.
     pub fn release(self) {
-        if self.sender.is_closed() || self.settings.max_idle_per_endpoint == 0 {
+        let Some(sender) = self.sender else { return };
+        if sender.is_closed() || self.settings.max_idle_per_endpoint == 0 {
             return;
         }
-        let idle = Idle {
-            sender: self.sender,
-            since_ms: clock::now_ms(),
-            max_idle_ms: self.settings.idle_timeout.as_millis() as u64,
-        };
+        let idle =
+            Idle { sender, since_ms: clock::now_ms(), max_idle_ms: self.settings.idle_timeout.as_millis() as u64 };
         let max = self.settings.max_idle_per_endpoint;
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
@@ -103,6 +111,28 @@ pub fn take(key: u64) -> Option<Sender> {
     })
 }
 
+/// This worker's HTTP/2 connection to endpoint `key`, if it is still open.
+pub fn take_shared(key: u64) -> Option<Sender2> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        match pool.shared.get(&key) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                pool.shared.remove(&key);
+                None
+            }
+            None => None,
+        }
+    })
+}
+
+/// Keeps an HTTP/2 connection for the next requests to endpoint `key`.
+pub fn put_shared(key: u64, sender: Sender2) {
+    POOL.with(|pool| {
+        pool.borrow_mut().shared.insert(key, sender);
+    });
+}
+
 /// Closes connections idle for longer than their pool's `idle_timeout` or already closed by the
 /// upstream. Called by the worker's tick.
 pub fn purge() {
@@ -113,12 +143,17 @@ pub fn purge() {
             list.retain(|idle| !idle.sender.is_closed() && now.saturating_sub(idle.since_ms) < idle.max_idle_ms);
             !list.is_empty()
         });
+        pool.shared.retain(|_, sender| !sender.is_closed());
     });
 }
 
 /// Drops every pooled connection of this thread (worker shutdown).
 pub fn clear() {
-    POOL.with(|pool| pool.borrow_mut().idle.clear());
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.idle.clear();
+        pool.shared.clear();
+    });
 }
 
 /// Idle connections in this thread's pool, per endpoint key (for tests and the admin view).

@@ -64,12 +64,13 @@ impl UpstreamTls {
     pub fn system() -> Result<Arc<UpstreamTls>, String> {
         static DEFAULT: OnceLock<Result<Arc<UpstreamTls>, String>> = OnceLock::new();
         DEFAULT
-            .get_or_init(|| UpstreamTls::build(&UpstreamTlsConfig::default()).map(Arc::new).map_err(|(_, m)| m))
+            .get_or_init(|| UpstreamTls::build(&UpstreamTlsConfig::default(), false).map(Arc::new).map_err(|(_, m)| m))
             .clone()
     }
 
-    /// From an upstream's `tls` settings; an error names the field.
-    pub fn build(config: &UpstreamTlsConfig) -> Result<UpstreamTls, (String, String)> {
+    /// From an upstream's `tls` settings, offering `h2` (else `http/1.1`) in ALPN; an error
+    /// names the field.
+    pub fn build(config: &UpstreamTlsConfig, http2: bool) -> Result<UpstreamTls, (String, String)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -117,7 +118,7 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        client.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
         let server_name = match &config.server_name {
             Some(name) => Some(
                 ServerName::try_from(name.clone())
@@ -129,7 +130,7 @@ impl UpstreamTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             server_name,
             insecure: config.insecure_skip_verify,
-            settings: format!("{config:?}"),
+            settings: format!("{config:?} h2={http2}"),
         })
     }
 

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod grpc_echo;
 pub mod grpc_health;
 pub mod redis;
 pub mod tls;

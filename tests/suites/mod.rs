@@ -11,6 +11,7 @@ mod dashboard;
 mod demo;
 mod discovery;
 mod forward_auth;
+mod grpc;
 mod hmac_auth;
 mod hostile;
 mod introspection;
