@@ -109,7 +109,7 @@ pub struct ProxyBody {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Upstream { body: Incoming, checkout: Option<Checkout> },
+    Upstream { body: Incoming, checkout: Option<Checkout>, web: Option<Box<super::grpc::Web>> },
 }
 
 /// What happens when the response is over.
@@ -135,7 +135,13 @@ impl ProxyBody {
 
     /// The upstream's body; `checkout` goes back to the pool if the body is read to its end.
     pub fn upstream(body: Incoming, checkout: Checkout) -> ProxyBody {
-        ProxyBody { kind: Kind::Upstream { body, checkout: Some(checkout) }, sent: 0, finish: None }
+        ProxyBody { kind: Kind::Upstream { body, checkout: Some(checkout), web: None }, sent: 0, finish: None }
+    }
+
+    /// The upstream's gRPC answer, translated frame by frame for a gRPC-Web client.
+    pub fn grpc_web(body: Incoming, checkout: Checkout, web: super::grpc::Web) -> ProxyBody {
+        let kind = Kind::Upstream { body, checkout: Some(checkout), web: Some(Box::new(web)) };
+        ProxyBody { kind, sent: 0, finish: None }
     }
 
     /// Hands the request log (and the request's concurrency slot) to the body: the log is
@@ -150,7 +156,7 @@ impl ProxyBody {
     }
 
     fn complete(&mut self, clean: bool) {
-        if let Kind::Upstream { checkout, body } = &mut self.kind {
+        if let Kind::Upstream { checkout, body, .. } = &mut self.kind {
             if let Some(checkout) = checkout.take() {
                 if clean && body.is_end_stream() {
                     checkout.release();
@@ -172,8 +178,12 @@ impl Body for ProxyBody {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
+            Kind::Upstream { body, web, .. } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+                Poll::Ready(Some(Ok(frame))) => match web {
+                    Some(web) => Poll::Ready(Some(Ok(Frame::data(web.translate(frame))))),
+                    None => Poll::Ready(Some(Ok(frame))),
+                },
                 other => other.map(|o| o.map(|r| r.map_err(BodyError::Upstream))),
             },
         };

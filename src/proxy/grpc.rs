@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 
 use super::body::ProxyBody;
@@ -118,7 +119,88 @@ mod tests {
         assert_eq!(status_of(&ProxyError::unauthorized(None, "no token")), 16);
         assert_eq!(status_of(&ProxyError::RouteTimeout(Duration::from_secs(1))), 4);
         assert_eq!(status_of(&ProxyError::UpstreamUnavailable("x".into())), 14);
-        assert_eq!(status_of(&ProxyError::TooBusy), 8);
+        let limited = ProxyError::RateLimited { retry_after: 1, limit: "per-client".into(), quota: false };
+        assert_eq!(status_of(&limited), 8);
+        assert_eq!(status_of(&ProxyError::TooBusy), 14, "load shedding: try again (UNAVAILABLE)");
         assert_eq!(status_of(&ProxyError::NoRoute { method: http::Method::POST, path: "/x".into() }), 12);
+    }
+}
+
+/// A gRPC-Web request (`application/grpc-web[+proto]`, or `-text` for base64 bodies), translated
+/// to gRPC for the upstream and back for the browser.
+#[derive(Debug, Clone)]
+pub struct Web {
+    pub text: bool,
+    /// The content type the client used, for the answer.
+    pub client_type: HeaderValue,
+    /// `application/grpc` with the client's suffix (`+proto`), for the upstream.
+    pub upstream_type: HeaderValue,
+}
+
+impl Web {
+    pub fn of(headers: &HeaderMap) -> Option<Web> {
+        let client_type = headers.get(header::CONTENT_TYPE)?.clone();
+        let rest = client_type.to_str().ok()?.strip_prefix("application/grpc-web")?;
+        let (text, suffix) = match rest.strip_prefix("-text") {
+            Some(suffix) => (true, suffix),
+            None => (false, rest),
+        };
+        if !(suffix.is_empty() || suffix.starts_with('+') || suffix.starts_with(';')) {
+            return None;
+        }
+        let upstream_type = HeaderValue::from_str(&format!("application/grpc{suffix}")).ok()?;
+        Some(Web { text, client_type, upstream_type })
+    }
+
+    /// The request body for the upstream: `-text` bodies are base64, possibly several padded
+    /// pieces one after the other.
+    pub fn decode_request(&self, body: Bytes) -> Result<Bytes, ProxyError> {
+        if !self.text {
+            return Ok(body);
+        }
+        use base64::Engine;
+        let chars: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        if chars.len() % 4 != 0 {
+            return Err(ProxyError::BadRequest("a grpc-web-text body is not base64".into()));
+        }
+        let mut out = Vec::with_capacity(chars.len() / 4 * 3);
+        for quad in chars.chunks(4) {
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(quad, &mut out)
+                .map_err(|_| ProxyError::BadRequest("a grpc-web-text body is not base64".into()))?;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// A frame of the upstream's answer as the browser reads it: data as it is (base64 for
+    /// `-text`, each frame padded on its own so it can be decoded as it arrives), and the trailers
+    /// as a last frame flagged 0x80 holding them as header lines.
+    pub fn translate(&self, frame: http_body::Frame<Bytes>) -> Bytes {
+        let bytes = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    let mut block = String::new();
+                    for (name, value) in &trailers {
+                        block.push_str(name.as_str());
+                        block.push(':');
+                        block.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                        block.push_str("\r\n");
+                    }
+                    let mut out = Vec::with_capacity(5 + block.len());
+                    out.push(0x80);
+                    out.extend_from_slice(&u32::try_from(block.len()).unwrap_or(u32::MAX).to_be_bytes());
+                    out.extend_from_slice(block.as_bytes());
+                    Bytes::from(out)
+                }
+                Err(_) => Bytes::new(),
+            },
+        };
+        if self.text && !bytes.is_empty() {
+            use base64::Engine;
+            Bytes::from(base64::engine::general_purpose::STANDARD.encode(&bytes))
+        } else {
+            bytes
+        }
     }
 }

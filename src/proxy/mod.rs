@@ -302,8 +302,16 @@ impl Exchange<'_> {
         let hash = upstream.hash_on.as_deref().map(|key| crate::upstream::hash_of(key, &key_source));
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         let upgrade = if websocket { tunnel::Upgrade::take(&mut parts.extensions, &parts.headers) } else { None };
+        // gRPC-Web from a browser: gRPC for an HTTP/2 upstream.
+        let web = if upstream.http2 { grpc::Web::of(&parts.headers) } else { None };
+        if let Some(web) = &web {
+            parts.headers.insert(header::CONTENT_TYPE, web.upstream_type.clone());
+            if web.text {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+        }
         // `TE: trailers` is the one TE an HTTP/2 upstream may get; gRPC servers look for it.
-        let te_trailers = upstream.http2 && headers::te_has_trailers(&parts.headers);
+        let te_trailers = upstream.http2 && (web.is_some() || headers::te_has_trailers(&parts.headers));
         let grpc_timeout = grpc::timeout(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
         if te_trailers {
@@ -331,7 +339,13 @@ impl Exchange<'_> {
         };
         let retry = &upstream.retry;
         let may_resend = retry.attempts > 0 && retry.may_resend(&parts.method);
-        let body = if let Some(check) = state.body_check.take() {
+        let body = if let Some(web) = web.as_ref().filter(|w| w.text) {
+            // Base64 pieces are decoded whole: a browser's gRPC-Web call sends one message.
+            let limit = max_body_size.unwrap_or(4 * 1024 * 1024);
+            let bytes = web.decode_request(Box::pin(forward::read_small(body, limit)).await?)?;
+            self.count_body(bytes.len());
+            UpstreamBody::Full(Some(bytes))
+        } else if let Some(check) = state.body_check.take() {
             // The signed digest must match before any of the body goes upstream.
             let bytes = Box::pin(check.read(body, max_body_size)).await?;
             self.count_body(bytes.len());
@@ -400,6 +414,15 @@ impl Exchange<'_> {
             let hold = self.conn.state.hold_connection();
             upgrade.switch(&mut parts, upstream_protocol, checkout, server.websocket_idle, hold);
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        if let Some(web) = web {
+            let answered_grpc =
+                parts.headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+            if answered_grpc {
+                parts.headers.insert(header::CONTENT_TYPE, web.client_type.clone());
+                parts.headers.remove(header::CONTENT_LENGTH);
+                return Ok(Response::from_parts(parts, ProxyBody::grpc_web(body, checkout, web)));
+            }
         }
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
     }

@@ -114,3 +114,98 @@ async fn the_gateways_own_errors_are_grpc_statuses_and_grpc_timeout_is_a_deadlin
         assert!(message.contains(words), "{path}: {message}");
     }
 }
+
+/// A gRPC-Web frame: flag, length, payload.
+fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits a gRPC-Web answer body into (messages, trailer block).
+fn frames(mut body: &[u8]) -> (Vec<String>, String) {
+    use prost::Message;
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        let payload = &body[5..5 + len];
+        if body[0] & 0x80 != 0 {
+            trailers = String::from_utf8(payload.to_vec()).unwrap();
+        } else {
+            messages.push(crate::common::grpc_echo::Note::decode(payload).unwrap().text);
+        }
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "a partial frame is left");
+    (messages, trailers)
+}
+
+#[tokio::test]
+async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
+    use base64::Engine;
+    use prost::Message;
+    let echo = EchoServer::start();
+    let gw = gateway(&echo);
+    let mut client = crate::common::Client::connect(gw.addr()).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+
+    // Binary gRPC-Web, over HTTP/1.1 as a browser sends it.
+    let body = frame(0, &note("web").encode_to_vec());
+    let request = http::Request::post("/test.Echo/Unary")
+        .header("host", "gw")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/grpc-web+proto"));
+    let (messages, trailers) = frames(&reply.body);
+    assert_eq!(messages, ["echo: web"]);
+    assert!(trailers.contains("grpc-status:0\r\n"), "{trailers:?}");
+
+    // Text mode: base64 both ways (the request in two padded pieces), a server stream.
+    let bytes = frame(0, &note("3").encode_to_vec());
+    let first = b64.encode(&bytes[..2]) + &b64.encode(&bytes[2..]);
+    assert!(first[..4].ends_with('='), "the first piece is padded: {first}");
+    let request = http::Request::post("/test.Echo/ServerStream")
+        .header("host", "gw")
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .body(http_body_util::Full::new(bytes::Bytes::from(first)))
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/grpc-web-text"));
+    // Each frame is padded base64 of its own: decode piece by piece.
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let mut decoded = Vec::new();
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let end =
+            rest.find('=').map(|i| rest[i..].find(|c| c != '=').map_or(rest.len(), |j| i + j)).unwrap_or(rest.len());
+        decoded.extend(b64.decode(&rest[..end]).unwrap());
+        rest = &rest[end..];
+    }
+    let (messages, trailers) = frames(&decoded);
+    assert_eq!(messages, ["part 0", "part 1", "part 2"]);
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+
+    // The service's error reaches the browser as a status; malformed base64 is refused by the gateway.
+    let request = http::Request::post("/test.Echo/Unary")
+        .header("host", "gw")
+        .header("content-type", "application/grpc-web-text")
+        .body(http_body_util::Full::new(bytes::Bytes::from(b64.encode(frame(0, &note("fail").encode_to_vec())))))
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.header("grpc-status"), Some("5"), "trailers-only: the status is in the head");
+    let request = http::Request::post("/test.Echo/Unary")
+        .header("host", "gw")
+        .header("content-type", "application/grpc-web-text")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"not base64!")))
+        .unwrap();
+    let reply = client.send(request).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("grpc-status"), Some("3"));
+}
