@@ -564,6 +564,29 @@ pub struct TlsConfig {
     /// The time a client has to complete the handshake.
     #[serde(default = "default_tls_handshake")]
     pub handshake_timeout: DurationValue,
+    /// Ask clients for a certificate (mTLS) and verify it against a CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// Client certificates on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub ca: String,
+    /// Refuse clients without a certificate (the default). With `false`, a client may present
+    /// none, but one it presents must verify.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// Send the verified certificate's subject (RFC 4514, `CN=…,O=…`) upstream in this header.
+    /// The same header from the client is always removed; policies and routes see the verified
+    /// value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_header: Option<String>,
+    /// Likewise its subjectAltName DNS names and URIs, comma-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_header: Option<String>,
 }
 
 fn default_tls_watch() -> DurationValue {

@@ -181,6 +181,10 @@ impl Exchange<'_> {
         }
         // So is the mark of a mirrored copy: a client cannot pass its request off as shadow traffic.
         parts.headers.remove(&forward::MIRROR_HEADER);
+        // And what a verified client certificate says.
+        if let Some(names) = snap.listeners[self.conn.listener].tls.as_ref().and_then(|t| t.client_headers.as_ref()) {
+            client_cert_headers(&mut parts.headers, names, self.conn.client_cert.as_deref());
+        }
 
         let (host, original_host) = headers::request_host(&parts)?;
         let path = normalize::normalize_path(parts.uri.path(), &server.path)
@@ -425,6 +429,23 @@ impl Exchange<'_> {
             }
         }
         Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
+    }
+}
+
+/// Replaces the client-certificate headers with the verified certificate's subject and SANs.
+fn client_cert_headers(
+    headers: &mut http::HeaderMap,
+    names: &crate::transport::tls::ClientHeaders,
+    identity: Option<&crate::transport::tls::ClientIdentity>,
+) {
+    for (name, value) in
+        [(&names.subject, identity.map(|i| i.subject.clone())), (&names.sans, identity.map(|i| i.sans.join(",")))]
+    {
+        let Some(name) = name else { continue };
+        headers.remove(name);
+        if let Some(value) = value.filter(|v| !v.is_empty()).and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name.clone(), value);
+        }
     }
 }
 

@@ -330,6 +330,8 @@ pub struct ConnContext {
     /// connection nearly always name the same host, so this is built once, not per request.
     forwarded_cache: Mutex<Option<(Option<http::HeaderValue>, Option<http::HeaderValue>)>>,
     pub state: Arc<ConnState>,
+    /// The client's verified certificate, on a listener with `tls.client_auth`.
+    pub client_cert: Option<Arc<super::tls::ClientIdentity>>,
 }
 
 impl ConnContext {
@@ -356,6 +358,7 @@ impl ConnContext {
             forwarded_for,
             forwarded_cache: Mutex::new(None),
             state,
+            client_cert: None,
         }
     }
 

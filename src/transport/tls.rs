@@ -19,6 +19,15 @@ pub struct ListenerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub certificates: Arc<CertStore>,
     pub handshake_timeout: Duration,
+    /// With client certificates: the headers that carry what they say (subject, SANs).
+    pub client_headers: Option<ClientHeaders>,
+}
+
+/// Headers for a verified client certificate; always removed from what clients send.
+#[derive(Debug, Clone)]
+pub struct ClientHeaders {
+    pub subject: Option<http::HeaderName>,
+    pub sans: Option<http::HeaderName>,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -39,11 +48,33 @@ impl ListenerTls {
             TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::V1_3 => &[&rustls::version::TLS13],
         };
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
-            .map_err(|e| ("tls".to_owned(), e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(store.clone());
+            .map_err(|e| ("tls".to_owned(), e.to_string()))?;
+        let (builder, client_headers) = match &config.client_auth {
+            None => (builder.with_no_client_auth(), None),
+            Some(auth) => {
+                let field = |f: &str| format!("tls.client_auth.{f}");
+                let roots = load_roots(&auth.ca).map_err(|m| (field("ca"), m))?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
+                let verifier = verifier.build().map_err(|e| (field("ca"), e.to_string()))?;
+                let header = |name: &Option<String>, f: &str| -> Result<Option<http::HeaderName>, (String, String)> {
+                    name.as_deref()
+                        .map(|n| {
+                            http::HeaderName::from_bytes(n.as_bytes())
+                                .map_err(|_| (field(f), format!("{n:?} is not a header name")))
+                        })
+                        .transpose()
+                };
+                let headers = ClientHeaders {
+                    subject: header(&auth.subject_header, "subject_header")?,
+                    sans: header(&auth.san_header, "san_header")?,
+                };
+                (builder.with_client_cert_verifier(verifier), Some(headers))
+            }
+        };
+        let mut server = builder.with_cert_resolver(store.clone());
         server.alpn_protocols = config.alpn.iter().flatten().map(|p| p.as_bytes().to_vec()).collect();
         // Resumption by ticket: a returning client skips the full handshake.
         server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| ("tls".to_owned(), e.to_string()))?;
@@ -52,8 +83,29 @@ impl ListenerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             certificates: store,
             handshake_timeout: config.handshake_timeout.0,
+            client_headers,
         })
     }
+}
+
+/// CA certificates from a PEM file.
+fn load_roots(path: &str) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if meta.len() > 1024 * 1024 {
+        return Err(format!("{path}: larger than 1 MiB"));
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{path}: not PEM certificates ({e})"))?;
+        roots.add(cert).map_err(|e| format!("{path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{path}: no certificate in it"));
+    }
+    Ok(roots)
 }
 
 /// One configured pair of files.
@@ -249,4 +301,145 @@ fn watch(store: Weak<CertStore>, interval: Duration) {
             let _ = tokio::task::spawn_blocking(move || store.refresh()).await;
         }
     });
+}
+
+/// What a verified client certificate says about its holder (mTLS on a listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The subject as an RFC 4514 string: `CN=client-a,O=Acme`.
+    pub subject: String,
+    /// DNS names and URIs of the subjectAltName.
+    pub sans: Vec<String>,
+}
+
+impl ClientIdentity {
+    /// From the leaf certificate a client presented (and rustls verified).
+    pub fn of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<ClientIdentity> {
+        let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+        let subject = rfc4514(parsed.subject()).unwrap_or_default();
+        let sans = parsed.valid_dns_names().chain(parsed.valid_uri_names()).map(str::to_owned).collect();
+        Some(ClientIdentity { subject, sans })
+    }
+}
+
+/// One DER element: (tag, contents, the rest). Definite lengths up to 64 KiB only.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n if n < 0x80 => (usize::from(n), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])), rest.get(2..)?),
+        _ => return None,
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// The contents of a certificate's subject Name as RFC 4514 text (most specific first).
+fn rfc4514(mut name: &[u8]) -> Option<String> {
+    let mut rdns = Vec::new();
+    while !name.is_empty() {
+        let (tag, mut set, rest) = der(name)?;
+        name = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        while !set.is_empty() {
+            let (tag, attribute, rest) = der(set)?;
+            set = rest;
+            if tag != 0x30 {
+                return None;
+            }
+            let (oid_tag, oid, value) = der(attribute)?;
+            let (value_tag, value, _) = der(value)?;
+            if oid_tag != 0x06 {
+                return None;
+            }
+            let key = match oid {
+                [0x55, 0x04, 0x03] => "CN".to_owned(),
+                [0x55, 0x04, 0x06] => "C".to_owned(),
+                [0x55, 0x04, 0x07] => "L".to_owned(),
+                [0x55, 0x04, 0x08] => "ST".to_owned(),
+                [0x55, 0x04, 0x0a] => "O".to_owned(),
+                [0x55, 0x04, 0x0b] => "OU".to_owned(),
+                [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "emailAddress".to_owned(),
+                other => dotted(other)?,
+            };
+            let text = match value_tag {
+                // UTF8String, PrintableString, TeletexString, IA5String.
+                0x0c | 0x13 | 0x14 | 0x16 => escape(&String::from_utf8_lossy(value)),
+                // Anything else: the value's DER in hex, as RFC 4514 says.
+                _ => {
+                    let mut hex = String::from("#");
+                    crate::text::push_hex(&mut hex, &[value_tag]);
+                    hex.push_str(&crate::text::hex_encode(value));
+                    hex
+                }
+            };
+            parts.push(format!("{key}={text}"));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.reverse();
+    Some(rdns.join(","))
+}
+
+/// An OID in dotted form.
+fn dotted(oid: &[u8]) -> Option<String> {
+    let (&first, rest) = oid.split_first()?;
+    let mut parts = vec![(first / 40).to_string(), (first % 40).to_string()];
+    let mut value: u64 = 0;
+    for &b in rest {
+        value = value.checked_mul(128)? | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            parts.push(value.to_string());
+            value = 0;
+        }
+    }
+    Some(parts.join("."))
+}
+
+/// RFC 4514 escaping, and control characters as `\XX` so the text fits in a header.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                for b in c.to_string().bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_read_as_rfc4514_and_hostile_der_is_refused() {
+        // SET { SEQ { CN "a,b" } }, SET { SEQ { O "Acme" } }
+        let name = [
+            0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x03, b'a', b',', b'b', //
+            0x31, 0x0d, 0x30, 0x0b, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x13, 0x04, b'A', b'c', b'm', b'e',
+        ];
+        assert_eq!(rfc4514(&name).as_deref(), Some("O=Acme,CN=a\\,b"));
+        // Truncated, wrong tags, lengths past the end, long-form lengths beyond two bytes.
+        for bad in [&name[..5], &[0x30, 0x00][..], &[0x31, 0x05, 0x30][..], &[0x31, 0x84, 0, 0, 0, 1, 0][..]] {
+            assert_eq!(rfc4514(bad), None, "{bad:?}");
+        }
+        assert_eq!(escape(" #x\n"), "\\ #x\\0A");
+        assert_eq!(dotted(&[0x2a, 0x86, 0x48]).as_deref(), Some("1.2.840"));
+    }
 }

@@ -205,6 +205,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
     let Some(settings) = snap.listeners.get(listener) else { return };
     let (tls, http2) = (settings.tls.clone(), settings.http2);
     drop(snap);
+    let mut client_cert = None;
     let (io, h2, prefix) = match tls {
         Some(tls) => {
             // A client that does not finish its handshake in time, or sends something that is not
@@ -221,7 +222,13 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
                     return;
                 }
             };
-            let h2 = http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = stream.get_ref().1;
+            let h2 = http2 && session.alpn_protocol() == Some(b"h2");
+            client_cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(super::tls::ClientIdentity::of)
+                .map(Arc::new);
             (ClientIo::Tls(Box::new(stream)), h2, None)
         }
         None if http2 => {
@@ -236,7 +243,9 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
         None => (ClientIo::Plain(stream), false, None),
     };
     let scheme = if matches!(io, ClientIo::Tls(_)) { "https" } else { "http" };
-    let ctx = Arc::new(ConnContext::new(peer, local, listener, scheme, state.clone()));
+    let mut ctx = ConnContext::new(peer, local, listener, scheme, state.clone());
+    ctx.client_cert = client_cert;
+    let ctx = Arc::new(ctx);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let proxy = proxy.clone();
         let ctx = ctx.clone();

@@ -47,6 +47,34 @@ impl Pki {
         Issued { cert: cert_path, key: key_path, der: cert.der().clone() }
     }
 
+    /// A client certificate: `cn` and `org` in its subject, `sans` as DNS names.
+    pub fn issue_client(&self, file: &str, cn: &str, org: &str, sans: &[&str]) -> Issued {
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (cert_path, key_path) = (self.path(&format!("{file}.pem")), self.path(&format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued { cert: cert_path, key: key_path, der: cert.der().clone() }
+    }
+
+    /// A client config trusting this CA and presenting `issued`.
+    pub fn client_with_cert(&self, issued: &Issued) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&issued.key).unwrap();
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![issued.der.clone()], key)
+            .unwrap()
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }

@@ -376,3 +376,81 @@ routes: [{ name: teapot, policies: [{ direct_response: { status: 418 } }] }]
             .to_string();
     assert!(error.contains("listeners[0].https_redirect.status"), "{error}");
 }
+
+#[tokio::test]
+async fn client_certificates_are_verified_and_their_subject_sent_upstream() {
+    let app = Upstream::echo("app");
+    let pki = Pki::new();
+    let cert = pki.issue("site", &["site.test"]);
+    let ca = pki.ca_pem_path();
+    let start = |required: bool| {
+        TestGateway::start(&format!(
+            r#"listeners:
+  - name: https
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert: "{}", key: "{}" }}]
+      client_auth: {{ ca: "{}", required: {required}, subject_header: x-client-subject, san_header: x-client-san }}
+upstreams: {{ app: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: app }}]
+"#,
+            cert.cert.display(),
+            cert.key.display(),
+            ca.display(),
+            app.url()
+        ))
+    };
+    let gw = start(true);
+    let addr = gw.listener("https");
+    let client_a = pki.issue_client("client-a", "client-a", "Acme, Inc.", &["client-a.test"]);
+
+    let stream = handshake(addr, "site.test", pki.client_with_cert(&client_a)).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("/who")
+        .header("host", "site.test")
+        .header("x-client-subject", "CN=admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let seen = app.seen().last().unwrap().headers.clone();
+    assert_eq!(seen["x-client-subject"], "O=Acme\\, Inc.,CN=client-a", "the verified subject, not the client's claim");
+    assert_eq!(seen["x-client-san"], "client-a.test");
+
+    // No certificate, or one from another CA: no request gets through.
+    let stranger = Pki::new();
+    let foreign = stranger.issue_client("foreign", "mallory", "Evil", &[]);
+    // Trusting the server, presenting a certificate the listener's CA did not issue.
+    let foreign_config = pki.client_with_cert(&foreign);
+    for config in [pki.client(&["http/1.1"], None), foreign_config] {
+        let outcome = async {
+            let stream = handshake(addr, "site.test", config).await.ok()?;
+            // TLS 1.3: the server's refusal can arrive after the client thinks it is done.
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            let request = http::Request::get("/")
+                .header("host", "site.test")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            sender.send_request(request).await.ok().map(|r| r.status())
+        };
+        assert_eq!(outcome.await, None, "a client without a valid certificate was served");
+    }
+
+    // Optional client certificates: served without one, and the headers are not passed through.
+    let gw = start(false);
+    let stream = handshake(gw.listener("https"), "site.test", pki.client(&["http/1.1"], None)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("/anonymous")
+        .header("host", "site.test")
+        .header("x-client-subject", "CN=admin")
+        .header("x-client-san", "admin.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    let seen = app.seen().last().unwrap().headers.clone();
+    assert!(seen.get("x-client-subject").is_none() && seen.get("x-client-san").is_none(), "{seen:?}");
+}
