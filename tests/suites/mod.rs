@@ -14,6 +14,7 @@ mod forward_auth;
 mod grpc;
 mod hmac_auth;
 mod hostile;
+mod http2_hostile;
 mod introspection;
 mod metrics;
 mod otlp;
