@@ -27,11 +27,13 @@ pub struct StartOptions {
     pub workers: Option<usize>,
     /// Poll the config file for changes at this interval (file sources only).
     pub watch: Option<Duration>,
+    /// Listening sockets handed over by the process this one replaces (a binary upgrade).
+    pub inherited: Option<crate::transport::inherit::Inherited>,
 }
 
 impl StartOptions {
     pub fn new(source: ConfigSource) -> StartOptions {
-        StartOptions { source, vars: Vars::default(), workers: None, watch: None }
+        StartOptions { source, vars: Vars::default(), workers: None, watch: None, inherited: None }
     }
 }
 
@@ -233,6 +235,8 @@ impl Shared {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// Copies of the listening sockets, for a binary upgrade.
+    handover: Vec<(String, SocketAddr, Vec<socket2::Socket>)>,
     workers: Option<Workers>,
     admin: Option<AdminServer>,
     _watcher: Option<config::watch::Watcher>,
@@ -258,9 +262,27 @@ impl Gateway {
         let checked = compile(&merged.config, &check).map_err(|d| merged.locate(&loaded, d))?;
         let configured_workers = checked.server.workers;
         let workers = options.workers.unwrap_or(configured_workers).max(1);
+        let mut inherited = options.inherited;
         let mut bound = Vec::new();
         for l in &checked.listeners {
-            bound.push(listener::bind(&l.name, l.address, workers)?);
+            let handed = inherited.as_mut().and_then(|i| i.take(&l.name, l.address));
+            bound.push(match handed {
+                Some(sockets) => {
+                    tracing::info!(listener = %l.name, sockets = sockets.len(), "serving on the sockets handed over");
+                    listener::adopt(&l.name, sockets, workers)?
+                }
+                None => listener::bind(&l.name, l.address, workers)?,
+            });
+        }
+        // Copies of every listening socket, to hand to a successor (binary upgrade).
+        let mut handover = Vec::new();
+        for b in &bound {
+            let copies = b
+                .sockets
+                .iter()
+                .map(|s| s.try_clone().map(socket2::Socket::from))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            handover.push((b.name.clone(), b.address, copies));
         }
         drop(checked);
         let names: Vec<(String, SocketAddr)> = bound.iter().map(|b| (b.name.clone(), b.address)).collect();
@@ -298,6 +320,9 @@ impl Gateway {
         for (name, address) in &shared.bound {
             tracing::info!(listener = %name, %address, "listening");
         }
+        if let Some(mut inherited) = inherited {
+            inherited.serving();
+        }
         let watcher = match (&options.source, options.watch) {
             (ConfigSource::File(path), Some(interval)) => {
                 let weak = Arc::downgrade(&shared);
@@ -311,7 +336,7 @@ impl Gateway {
             _ => None,
         };
         let sweeper = sweep_idle_state(Arc::downgrade(&shared.registry))?;
-        Ok(Gateway { shared, workers: Some(workers), admin, _watcher: watcher, _sweeper: sweeper })
+        Ok(Gateway { shared, handover, workers: Some(workers), admin, _watcher: watcher, _sweeper: sweeper })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -333,6 +358,13 @@ impl Gateway {
 
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
         self.shared.reload()
+    }
+
+    /// Starts `program args` with this gateway's listening sockets and waits until it serves:
+    /// the caller then drains this one. Returns the new process's id.
+    pub fn hand_over(&self, program: &std::path::Path, args: &[std::ffi::OsString]) -> std::io::Result<u32> {
+        let child = crate::transport::inherit::hand_over(program, args, &self.handover, Duration::from_secs(30))?;
+        Ok(child.id())
     }
 
     /// Stops accepting, drains in-flight requests (up to `server.timeouts.shutdown_grace`) and stops.

@@ -25,9 +25,9 @@ pub struct AdminServer {
 
 impl AdminServer {
     pub fn start(address: SocketAddr, shared: Arc<Shared>) -> std::io::Result<AdminServer> {
-        let listener = std::net::TcpListener::bind(address)
+        // SO_REUSEPORT: during a binary upgrade the new process binds the same address.
+        let listener = crate::transport::listener::bind_one(address)
             .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener cannot bind {address}: {e}")))?;
-        listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         if !address.ip().is_loopback() {
             tracing::warn!(%address, "the admin listener is reachable from other hosts");

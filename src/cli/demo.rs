@@ -133,7 +133,11 @@ pub fn demo(listen: &str, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
          The access log is printed below. Stop with Ctrl-C.\n",
         s.auth, s.users[0], s.users[1], s.tasks, s.appointments,
     );
-    super::wait_for_signals(demo.gateway.shared())?;
+    let no_upgrade = || {
+        tracing::warn!("SIGUSR2: binary upgrades are for `gatehouse run`, not the demo");
+        false
+    };
+    super::wait_for_signals(demo.gateway.shared(), &no_upgrade)?;
     demo.stop();
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,7 @@ pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Resu
     let mut options = StartOptions::new(ConfigSource::File(config));
     options.workers = workers;
     options.watch = watch.then_some(Duration::from_secs(1));
+    options.inherited = Some(crate::transport::inherit::Inherited::from_env()?);
     let gateway = match Gateway::start(options) {
         Ok(g) => g,
         Err(StartError::Config(errors)) => {
@@ -33,26 +34,51 @@ pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Resu
         }
         Err(e) => return Err(e.into()),
     };
-    wait_for_signals(gateway.shared())?;
+    let upgrade = || {
+        // The binary as it was invoked: after an upgrade the path holds the new one (while
+        // /proc/self/exe still names the old, deleted file).
+        let mut args = std::env::args_os();
+        let program = args.next().map(PathBuf::from).unwrap_or_default();
+        let args: Vec<_> = args.collect();
+        match gateway.hand_over(&program, &args) {
+            Ok(pid) => {
+                tracing::info!(new_pid = pid, "SIGUSR2: the new process serves; draining this one");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGUSR2: upgrade failed; this process keeps serving");
+                false
+            }
+        }
+    };
+    wait_for_signals(gateway.shared(), &upgrade)?;
     tracing::info!("shutting down: draining in-flight requests");
     gateway.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGTERM or SIGINT; reloads on SIGHUP.
-pub fn wait_for_signals(shared: &Arc<Shared>) -> anyhow::Result<()> {
+/// Blocks until SIGTERM or SIGINT, or until SIGUSR2's `upgrade` succeeds; reloads on SIGHUP.
+pub fn wait_for_signals(shared: &Arc<Shared>, upgrade: &(dyn Fn() -> bool + Sync)) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut user2 = signal(SignalKind::user_defined2())?;
         loop {
             tokio::select! {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
                     let shared = shared.clone();
                     let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                }
+                _ = user2.recv() => {
+                    tracing::info!("SIGUSR2: starting a new process with the listening sockets");
+                    // Blocking this signal-only runtime while the new process starts is fine.
+                    if upgrade() {
+                        return Ok(());
+                    }
                 }
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),

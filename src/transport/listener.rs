@@ -29,7 +29,22 @@ pub fn bind(name: &str, address: SocketAddr, count: usize) -> io::Result<BoundLi
     Ok(BoundListener { name: name.to_owned(), address: actual, sockets })
 }
 
-fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
+/// A listener on sockets handed over by the process this one replaces; with fewer sockets than
+/// `count`, more are bound at the same address (they join the same `SO_REUSEPORT` group).
+pub fn adopt(name: &str, mut sockets: Vec<TcpListener>, count: usize) -> io::Result<BoundListener> {
+    let address = sockets
+        .first()
+        .ok_or_else(|| io::Error::other(format!("listener {name}: no socket handed over")))?
+        .local_addr()?;
+    while sockets.len() < count {
+        sockets.push(bind_one(address)?);
+    }
+    Ok(BoundListener { name: name.to_owned(), address, sockets })
+}
+
+/// Binds one `SO_REUSEPORT` socket (the admin listener uses it too, so that a new process can
+/// bind the same address during a binary upgrade).
+pub fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]

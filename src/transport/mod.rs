@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod inherit;
 pub mod listener;
 pub mod tls;
 pub mod worker;

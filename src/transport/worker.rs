@@ -42,17 +42,19 @@ impl Workers {
     /// position in `listeners`).
     pub fn start(count: usize, listeners: &mut [BoundListener], proxy: Arc<HttpProxy>) -> io::Result<Workers> {
         let mut workers = Vec::with_capacity(count);
-        for index in 0..count {
-            let mut sockets = Vec::new();
-            for (id, listener) in listeners.iter_mut().enumerate() {
-                if listener.sockets.is_empty() {
-                    return Err(io::Error::other(format!(
-                        "listener {} has no socket for worker {index}",
-                        listener.name
-                    )));
-                }
-                sockets.push((id, listener.sockets.remove(0)));
+        // Worker i takes sockets i, i + count, …: with sockets handed over by a process that had
+        // more workers, some take several (none may be left unserved: the kernel queues
+        // connections on each).
+        let mut shares: Vec<Vec<(usize, std::net::TcpListener)>> = (0..count).map(|_| Vec::new()).collect();
+        for (id, listener) in listeners.iter_mut().enumerate() {
+            if listener.sockets.len() < count {
+                return Err(io::Error::other(format!("listener {} has too few sockets", listener.name)));
             }
+            for (i, socket) in listener.sockets.drain(..).enumerate() {
+                shares[i % count].push((id, socket));
+            }
+        }
+        for (index, sockets) in shares.into_iter().enumerate() {
             let (tx, rx) = watch::channel(None);
             let proxy = proxy.clone();
             let thread = std::thread::Builder::new().name(format!("gatehouse-worker-{index}")).spawn(move || {

@@ -29,6 +29,7 @@ mod streaming;
 mod timeouts;
 mod tls;
 mod traffic_limits;
+mod upgrade;
 mod upstream_tls;
 mod upstreams;
 mod websocket;
