@@ -454,3 +454,110 @@ routes: [{{ name: all, upstream: app }}]
     let seen = app.seen().last().unwrap().headers.clone();
     assert!(seen.get("x-client-subject").is_none() && seen.get("x-client-san").is_none(), "{seen:?}");
 }
+
+/// Reloads under load keep TLS and HTTP/2 clients whole: each client keeps its connection (an
+/// HTTP/2 one multiplexes ten requests at once) while the routes switch twelve times.
+#[tokio::test]
+async fn reloading_under_load_fails_no_request_over_tls_and_http2() {
+    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
+    let pki = Pki::new();
+    let cert = pki.issue("site", &["site.test"]);
+    let config = |target: &Upstream| {
+        format!(
+            r#"server: {{ workers: 2 }}
+listeners:
+  - {{ name: https, address: "127.0.0.1:0", tls: {{ certificates: [{{ cert: "{}", key: "{}" }}] }} }}
+  - {{ name: plain, address: "127.0.0.1:0" }}
+upstreams: {{ target: {{ endpoints: ["{}"] }} }}
+routes: [{{ name: all, upstream: target }}]
+"#,
+            cert.cert.display(),
+            cert.key.display(),
+            target.url()
+        )
+    };
+    let gw = TestGateway::start(&config(&a));
+    let (https, plain) = (gw.listener("https"), gw.listener("plain"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut loads = Vec::new();
+    for kind in 0..3 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let config = pki.client(if kind == 0 { &["h2"] } else { &["http/1.1"] }, None);
+        loads.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            let request = || {
+                http::Request::get("https://site.test/load")
+                    .header("host", "site.test")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap()
+            };
+            match kind {
+                // HTTP/2 over TLS: ten streams at a time on one connection.
+                0 => {
+                    let stream = handshake(https, "site.test", config).await.unwrap();
+                    let (sender, conn) = hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(stream),
+                    )
+                    .await
+                    .unwrap();
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed) {
+                        let batch: Vec<_> = (0..10)
+                            .map(|_| {
+                                let mut sender = sender.clone();
+                                let request = request();
+                                tokio::spawn(async move { sender.send_request(request).await.map(|r| r.status()) })
+                            })
+                            .collect();
+                        for call in batch {
+                            let good = matches!(call.await, Ok(Ok(s)) if s == 200);
+                            if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // HTTP/1.1 over TLS, one kept connection.
+                1 => {
+                    let stream = handshake(https, "site.test", config).await.unwrap();
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed) {
+                        let good = matches!(sender.send_request(request()).await, Ok(r) if r.status() == 200);
+                        if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // h2c, one kept connection.
+                _ => {
+                    let tcp = TcpStream::connect(plain).await.unwrap();
+                    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(tcp),
+                    )
+                    .await
+                    .unwrap();
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed) {
+                        let good = matches!(sender.send_request(request()).await, Ok(r) if r.status() == 200);
+                        if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        gw.reload_with(&config(if round % 2 == 0 { &b } else { &a }));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for load in loads {
+        load.await.unwrap();
+    }
+    let (ok, failed) =
+        (ok.load(std::sync::atomic::Ordering::Relaxed), failed.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} of {} failed", ok + failed);
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert!(a.requests() > 0 && b.requests() > 0);
+}
