@@ -84,13 +84,27 @@ pub enum ChangeError {
     Store(String),
 }
 
+/// Listeners a compiled config adds and removes; carried out when it is swapped in.
+struct ListenerPlan {
+    /// Every listener id's name and address after the change (removed ones with empty names).
+    slots: Vec<(String, SocketAddr)>,
+    added: Vec<(usize, listener::BoundListener)>,
+    removed: Vec<usize>,
+}
+
 /// What the admin API, signal handlers and the watcher share with the gateway.
 pub struct Shared {
     pub snapshot: SnapshotHandle,
     registry: Arc<Registry>,
     source: ConfigSource,
     vars: Vars,
-    bound: Vec<(String, SocketAddr)>,
+    /// The transport's listeners by id (position): name and bound address; a removed one keeps
+    /// its place with an empty name.
+    bound: Mutex<Vec<(String, SocketAddr)>>,
+    /// The workers' control channels (set once they run): reloads add and remove listeners.
+    controls: std::sync::OnceLock<crate::transport::worker::Controls>,
+    /// Copies of the listening sockets, for a binary upgrade.
+    handover: Mutex<Vec<(String, SocketAddr, Vec<socket2::Socket>)>>,
     /// `server.workers` as configured at startup (the running count is fixed until restart).
     configured_workers: usize,
     generation: AtomicU64,
@@ -113,7 +127,7 @@ impl Shared {
         let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let result = config::load(&self.source, &self.vars).and_then(|loaded| self.compile(&loaded, &changes));
         match result {
-            Ok(snapshot) => Ok(self.install(snapshot, "file")),
+            Ok((snapshot, plan)) => Ok(self.install(snapshot, plan, "file")),
             Err(errors) => {
                 self.registry.metrics.reloaded(false);
                 tracing::error!("config reload failed; the running config stays\n{errors}");
@@ -136,10 +150,10 @@ impl Shared {
         let loaded = config::load(&self.source, &self.vars).map_err(ChangeError::File)?;
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let answer = edit(&mut changes, &loaded.config)?;
-        let snapshot = self.compile(&loaded, &changes).map_err(ChangeError::Invalid)?;
+        let (snapshot, plan) = self.compile(&loaded, &changes).map_err(ChangeError::Invalid)?;
         changes.save(store).map_err(|e| ChangeError::Store(format!("cannot write {}: {e}", store.display())))?;
         *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = changes;
-        Ok((answer, self.install(snapshot, "admin")))
+        Ok((answer, self.install(snapshot, plan, "admin")))
     }
 
     /// The admin API's changes in effect.
@@ -152,15 +166,72 @@ impl Shared {
         self.store.as_deref()
     }
 
-    fn compile(&self, loaded: &config::Loaded, changes: &Overlay) -> Result<Snapshot, ConfigErrors> {
+    fn compile(&self, loaded: &config::Loaded, changes: &Overlay) -> Result<(Snapshot, ListenerPlan), ConfigErrors> {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let merged = changes.apply(&loaded.config);
-        let ctx = Context { registry: &self.registry, bound: Some(&self.bound), generation, dry_run: false };
-        compile(&merged.config, &ctx).map_err(|d| merged.locate(loaded, d))
+        let plan = self.plan_listeners(&merged.config, &loaded.name)?;
+        let ctx = Context { registry: &self.registry, bound: Some(&plan.slots), generation, dry_run: false };
+        let snapshot = compile(&merged.config, &ctx).map_err(|d| merged.locate(loaded, d))?;
+        Ok((snapshot, plan))
     }
 
-    /// Swaps in a compiled snapshot (the caller holds `reload_lock`).
-    fn install(&self, snapshot: Snapshot, source: &'static str) -> u64 {
+    /// Which listeners a config adds (bound here, serving once the config is swapped in) and
+    /// removes (draining then). A listener whose address changes is removed and added.
+    fn plan_listeners(&self, config: &config::LocalConfig, source: &str) -> Result<ListenerPlan, ConfigErrors> {
+        let mut slots = self.bound.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut plan = ListenerPlan { slots: Vec::new(), added: Vec::new(), removed: Vec::new() };
+        let Some(controls) = self.controls.get() else {
+            plan.slots = slots;
+            return Ok(plan);
+        };
+        let fail = |path: String, message: String| ConfigErrors {
+            source: source.to_owned(),
+            diagnostics: vec![config::Diagnostic::new(path, message)],
+        };
+        let wanted: Vec<(usize, &str, SocketAddr)> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.address.parse().ok().map(|a| (i, l.name.as_str(), a)))
+            .collect();
+        for (id, (name, address)) in slots.iter_mut().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
+            let kept = wanted.iter().any(|(_, n, a)| n == name && (a.port() == 0 || a == address));
+            if !kept {
+                plan.removed.push(id);
+                name.clear();
+            }
+        }
+        for (i, name, address) in wanted {
+            if slots.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if slots.len() >= crate::transport::conn::MAX_LISTENER_IDS {
+                return Err(fail(
+                    "listeners".into(),
+                    format!(
+                        "more than {} listeners over this process's life: restart to add more",
+                        crate::transport::conn::MAX_LISTENER_IDS
+                    ),
+                ));
+            }
+            let bound = listener::bind(name, address, controls.workers())
+                .map_err(|e| fail(format!("listeners[{i}].address"), e.to_string()))?;
+            plan.added.push((slots.len(), bound));
+            slots.push((name.to_owned(), address));
+            if let Some((_, slot_address)) = slots.last_mut() {
+                *slot_address = plan.added.last().map_or(address, |(_, b)| b.address);
+            }
+        }
+        plan.slots = slots;
+        Ok(plan)
+    }
+
+    /// Swaps in a compiled snapshot and starts and stops the listeners it adds and removes (the
+    /// caller holds `reload_lock`).
+    fn install(&self, snapshot: Snapshot, plan: ListenerPlan, source: &'static str) -> u64 {
         let generation = snapshot.generation;
         self.registry.metrics.reloaded(true);
         let pending = self.pending_restart(&snapshot);
@@ -169,6 +240,27 @@ impl Shared {
         }
         self.snapshot.store(snapshot);
         self.generation.store(generation, Ordering::Relaxed);
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = plan.slots;
+        if let Some(controls) = self.controls.get() {
+            let mut handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, bound) in plan.added {
+                tracing::info!(listener = %bound.name, address = %bound.address, "listening (added by a reload)");
+                let copies =
+                    bound.sockets.iter().filter_map(|s| s.try_clone().ok().map(socket2::Socket::from)).collect();
+                handover.push((bound.name.clone(), bound.address, copies));
+                controls.add(id, bound.sockets);
+            }
+            for id in plan.removed {
+                tracing::info!(
+                    listener = id,
+                    "listener removed by a reload: no longer accepting, its connections drain"
+                );
+                if let Some(entry) = handover.get_mut(id) {
+                    entry.2.clear();
+                }
+                controls.remove(id);
+            }
+        }
         self.record(source, generation, Ok(()), pending);
         tracing::info!(generation, source, "config reloaded");
         generation
@@ -216,8 +308,10 @@ impl Shared {
         self.generation.load(Ordering::Relaxed)
     }
 
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.bound
+    /// The listeners serving now, with their bound addresses.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        bound.iter().filter(|(name, _)| !name.is_empty()).cloned().collect()
     }
 
     /// The `/metrics` exposition (OpenMetrics text when `openmetrics`).
@@ -235,8 +329,6 @@ impl Shared {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
-    /// Copies of the listening sockets, for a binary upgrade.
-    handover: Vec<(String, SocketAddr, Vec<socket2::Socket>)>,
     workers: Option<Workers>,
     admin: Option<AdminServer>,
     _watcher: Option<config::watch::Watcher>,
@@ -289,14 +381,16 @@ impl Gateway {
         let ctx = Context { registry: &registry, bound: Some(&names), generation: 1, dry_run: false };
         let snapshot = compile(&merged.config, &ctx).map_err(|d| merged.locate(&loaded, d))?;
         let admin_config = snapshot.config.admin.clone();
-        let counts = crate::transport::conn::counts(snapshot.listeners.len());
+        let counts = crate::transport::conn::counts(crate::transport::conn::MAX_LISTENER_IDS);
         let handle = SnapshotHandle::new(snapshot);
         let shared = Arc::new(Shared {
             snapshot: handle.clone(),
             registry,
             source: options.source.clone(),
             vars: options.vars,
-            bound: names,
+            bound: Mutex::new(names),
+            controls: std::sync::OnceLock::new(),
+            handover: Mutex::new(handover),
             configured_workers,
             generation: AtomicU64::new(1),
             reload_lock: Mutex::new(()),
@@ -317,7 +411,8 @@ impl Gateway {
             None
         };
         let workers = Workers::start(workers, &mut bound, proxy)?;
-        for (name, address) in &shared.bound {
+        let _ = shared.controls.set(workers.controls());
+        for (name, address) in shared.listeners() {
             tracing::info!(listener = %name, %address, "listening");
         }
         if let Some(mut inherited) = inherited {
@@ -336,7 +431,7 @@ impl Gateway {
             _ => None,
         };
         let sweeper = sweep_idle_state(Arc::downgrade(&shared.registry))?;
-        Ok(Gateway { shared, handover, workers: Some(workers), admin, _watcher: watcher, _sweeper: sweeper })
+        Ok(Gateway { shared, workers: Some(workers), admin, _watcher: watcher, _sweeper: sweeper })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -345,7 +440,7 @@ impl Gateway {
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.shared.bound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.shared.listeners().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -363,7 +458,17 @@ impl Gateway {
     /// Starts `program args` with this gateway's listening sockets and waits until it serves:
     /// the caller then drains this one. Returns the new process's id.
     pub fn hand_over(&self, program: &std::path::Path, args: &[std::ffi::OsString]) -> std::io::Result<u32> {
-        let child = crate::transport::inherit::hand_over(program, args, &self.handover, Duration::from_secs(30))?;
+        let handover = self.shared.handover.lock().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<_> = handover
+            .iter()
+            .filter(|(_, _, sockets)| !sockets.is_empty())
+            .map(|(name, address, sockets)| {
+                let copies = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+                (name.clone(), *address, copies)
+            })
+            .collect();
+        drop(handover);
+        let child = crate::transport::inherit::hand_over(program, args, &live, Duration::from_secs(30))?;
         Ok(child.id())
     }
 

@@ -191,6 +191,7 @@ async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .listeners
         .iter()
         .enumerate()
+        .filter(|(_, l)| !l.name.is_empty())
         .map(|(i, l)| {
             let entries: Vec<_> = crate::route::describe::entries(&l.table, &snap, i)
                 .into_iter()

@@ -35,7 +35,8 @@ pub fn routes(path: &Path, listener: Option<&str>) -> anyhow::Result<ExitCode> {
 /// The routing table of each listener, in precedence order.
 pub fn routes_text(snap: &Snapshot, only: Option<&str>) -> String {
     let mut out = String::new();
-    for (index, l) in snap.listeners.iter().enumerate().filter(|(_, l)| only.is_none_or(|n| n == &*l.name)) {
+    let shown = |l: &&crate::state::ListenerSettings| !l.name.is_empty() && only.is_none_or(|n| n == &*l.name);
+    for (index, l) in snap.listeners.iter().enumerate().filter(|(_, l)| shown(l)) {
         let _ = writeln!(out, "listener {} ({}), in precedence order:", l.name, l.address);
         let rows: Vec<[String; 7]> = describe::entries(&l.table, snap, index)
             .into_iter()
@@ -124,7 +125,8 @@ pub fn explain_request(
             .iter()
             .position(|l| &*l.name == name)
             .ok_or_else(|| anyhow::anyhow!("no listener is named \"{name}\""))?,
-        None => 0,
+        // The first listener serving (a removed one keeps its place with an empty name).
+        None => snap.listeners.iter().position(|l| !l.name.is_empty()).unwrap_or(0),
     };
     let listener = snap.listeners.get(index).ok_or_else(|| anyhow::anyhow!("the config has no listeners"))?;
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())

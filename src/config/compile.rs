@@ -38,7 +38,8 @@ use super::types::*;
 pub struct Context<'a> {
     pub registry: &'a Arc<Registry>,
     /// The listeners the transport has bound, by name and address; a listener's id is its position.
-    /// `None` when only validating: ids follow the config order.
+    /// A removed listener keeps its place with an empty name (its connections drain). `None` when
+    /// only validating: ids follow the config order.
     pub bound: Option<&'a [(String, SocketAddr)]>,
     pub generation: u64,
     /// Validate only: open no files and start no threads.
@@ -127,13 +128,12 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
     if global.redirect.is_some() && global.direct_response.is_some() {
         problems.add("policies", "the global policies answer with a redirect or a direct_response, not both");
     }
-    // Each listener's policies over the global ones: the base of every route on that listener.
-    let scopes: Vec<RoutePolicies> = config
-        .listeners
+    // Each listener's policies over the global ones: the base of every route on that listener (in
+    // listener-id order; a removed listener's place has none).
+    let scopes: Vec<RoutePolicies> = listeners
         .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            merge(
+        .map(|(name, _)| match config.listeners.iter().enumerate().find(|(_, l)| *l.name == **name) {
+            Some((i, l)) => merge(
                 &global,
                 policies(
                     &l.policies,
@@ -142,7 +142,8 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                     &env,
                     &mut problems,
                 ),
-            )
+            ),
+            None => RoutePolicies::default(),
         })
         .collect();
     let (routes, specs) = routes(config, &env, &server.path, &upstreams, &scopes, &listeners, &mut problems);
@@ -230,8 +231,10 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
         .into_iter()
         .map(|(name, address)| {
             let own = config.listeners.iter().find(|l| *l.name == *name);
+            // A removed listener routes nothing: its draining connections get 404 until closed.
             let table_specs: Vec<RouteSpec> = specs
                 .iter()
+                .filter(|_| own.is_some())
                 .filter(|(_, on)| on.as_ref().is_none_or(|names| names.contains(&*name)))
                 .map(|(spec, _)| spec.clone())
                 .collect();
@@ -241,7 +244,8 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
                 .find(|l| *l.name == *name)
                 .and_then(|l| l.max_connections)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-            let unrouted = config.metrics.enabled.then(|| ctx.registry.metrics.route(&name, "", Vec::new()));
+            let unrouted =
+                (config.metrics.enabled && own.is_some()).then(|| ctx.registry.metrics.route(&name, "", Vec::new()));
             ListenerSettings {
                 tls: tls.get(&*name).cloned(),
                 http2: own.is_none_or(|l| l.http2),
@@ -383,27 +387,27 @@ fn listener_names(config: &LocalConfig, ctx: &Context<'_>, problems: &mut Proble
             ),
         }
     }
-    if let Some(bound) = ctx.bound {
-        let same = bound.len() == out.len() && bound.iter().zip(&out).all(|((n, _), (m, _))| n == &**m);
-        if !same {
-            problems.add(
-                "listeners",
-                "the listeners differ from the running ones; adding, removing or renaming listeners needs a restart",
-            );
-        } else {
-            // Running listeners keep their bound address (port 0 was resolved at bind time).
-            for ((_, bound_addr), (_, addr)) in bound.iter().zip(out.iter_mut()) {
-                if addr.port() != 0 && addr != bound_addr {
-                    problems.add(
-                        "listeners",
-                        format!("changing a listener's address ({bound_addr} → {addr}) needs a restart"),
-                    );
-                }
-                *addr = *bound_addr;
+    let Some(bound) = ctx.bound else { return out };
+    // In the transport's order; a listener keeps its bound address (port 0 was resolved at bind).
+    let mut slots = Vec::with_capacity(bound.len());
+    for (name, address) in bound {
+        if name.is_empty() {
+            slots.push((Arc::from(""), *address));
+            continue;
+        }
+        match out.iter().find(|(n, _)| **n == **name) {
+            Some((n, configured)) if configured.port() == 0 || configured == address => {
+                slots.push((n.clone(), *address))
             }
+            _ => problems.add("listeners", format!("listener \"{name}\" at {address} is bound but not configured so")),
         }
     }
-    out
+    for (name, _) in &out {
+        if !slots.iter().any(|(n, _)| n == name) {
+            problems.add("listeners", format!("listener \"{name}\" is configured but not bound"));
+        }
+    }
+    slots
 }
 
 fn valid_name(name: &str) -> bool {

@@ -84,6 +84,10 @@ impl Drop for ConnectionHold {
 /// The counts of each listener, by listener id.
 pub type Counts = Arc<[Arc<ListenerCounts>]>;
 
+/// Listener ids a process can hand out (a reload that adds a listener takes a new one; removed
+/// ones are not reused).
+pub const MAX_LISTENER_IDS: usize = 64;
+
 /// Fresh counts for `listeners` listeners.
 pub fn counts(listeners: usize) -> Counts {
     (0..listeners).map(|_| Arc::default()).collect()

@@ -24,7 +24,15 @@ use super::clock;
 use super::conn::{ClientIo, Command, ConnContext, ConnState, ConnStream, Driver, Phase, ServeConnection};
 use super::listener::BoundListener;
 
-type Connections = Arc<Mutex<Vec<Weak<ConnState>>>>;
+/// Every connection of a worker, with the listener it came in on.
+type Connections = Arc<Mutex<Vec<(usize, Weak<ConnState>)>>>;
+
+/// What a reload asks of a worker: listen on a new listener, or stop accepting on a removed one
+/// (its connections drain).
+pub enum Control {
+    Add(usize, std::net::TcpListener),
+    Remove(usize),
+}
 
 /// The running workers.
 pub struct Workers {
@@ -35,6 +43,31 @@ struct Worker {
     thread: Option<JoinHandle<()>>,
     /// `Some(deadline)` asks the worker to stop accepting and drain until the deadline.
     shutdown: watch::Sender<Option<Instant>>,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+}
+
+/// The workers' control channels: what a reload uses to add and remove listeners.
+#[derive(Clone)]
+pub struct Controls(Vec<tokio::sync::mpsc::UnboundedSender<Control>>);
+
+impl Controls {
+    /// Listener `id` on these sockets, one per worker (in worker order).
+    pub fn add(&self, id: usize, sockets: Vec<std::net::TcpListener>) {
+        for (control, socket) in self.0.iter().zip(sockets) {
+            let _ = control.send(Control::Add(id, socket));
+        }
+    }
+
+    /// Listener `id` stops accepting everywhere; its connections finish what they do and close.
+    pub fn remove(&self, id: usize) {
+        for control in &self.0 {
+            let _ = control.send(Control::Remove(id));
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl Workers {
@@ -56,6 +89,7 @@ impl Workers {
         }
         for (index, sockets) in shares.into_iter().enumerate() {
             let (tx, rx) = watch::channel(None);
+            let (control, control_rx) = tokio::sync::mpsc::unbounded_channel();
             let proxy = proxy.clone();
             let thread = std::thread::Builder::new().name(format!("gatehouse-worker-{index}")).spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -65,11 +99,15 @@ impl Workers {
                         return;
                     }
                 };
-                runtime.block_on(run(sockets, proxy, rx));
+                runtime.block_on(run(sockets, proxy, rx, control_rx));
             })?;
-            workers.push(Worker { thread: Some(thread), shutdown: tx });
+            workers.push(Worker { thread: Some(thread), shutdown: tx, control });
         }
         Ok(Workers { workers })
+    }
+
+    pub fn controls(&self) -> Controls {
+        Controls(self.workers.iter().map(|w| w.control.clone()).collect())
     }
 
     /// Stops accepting, lets in-flight requests finish until `grace` is over, then closes what is
@@ -99,14 +137,20 @@ async fn run(
     sockets: Vec<(usize, std::net::TcpListener)>,
     proxy: Arc<HttpProxy>,
     mut shutdown: watch::Receiver<Option<Instant>>,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
 ) {
     let connections: Connections = Arc::default();
-    let mut accepts = Vec::new();
-    for (id, socket) in sockets {
+    let mut accepts: Vec<(usize, tokio::task::JoinHandle<()>)> = Vec::new();
+    let start = |id: usize, socket: std::net::TcpListener, accepts: &mut Vec<(usize, tokio::task::JoinHandle<()>)>| {
         match TcpListener::from_std(socket) {
-            Ok(listener) => accepts.push(tokio::spawn(accept_loop(listener, id, proxy.clone(), connections.clone()))),
+            Ok(listener) => {
+                accepts.push((id, tokio::spawn(accept_loop(listener, id, proxy.clone(), connections.clone()))));
+            }
             Err(e) => tracing::error!(error = %e, "cannot register a listening socket"),
         }
+    };
+    for (id, socket) in sockets {
+        start(id, socket, &mut accepts);
     }
     let sweeper = tokio::spawn(sweep_loop(proxy.clone(), connections.clone()));
 
@@ -114,11 +158,30 @@ async fn run(
         if let Some(deadline) = *shutdown.borrow_and_update() {
             break deadline;
         }
-        if shutdown.changed().await.is_err() {
-            break Instant::now();
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break Instant::now();
+                }
+            }
+            Some(command) = control.recv() => match command {
+                Control::Add(id, socket) => start(id, socket, &mut accepts),
+                Control::Remove(id) => {
+                    accepts.retain(|(listener, accept)| {
+                        if *listener == id {
+                            accept.abort();
+                        }
+                        *listener != id
+                    });
+                    let list = connections.lock().unwrap_or_else(|e| e.into_inner());
+                    for state in list.iter().filter(|(l, _)| *l == id).filter_map(|(_, w)| w.upgrade()) {
+                        state.command(Command::Drain);
+                    }
+                }
+            },
         }
     };
-    for accept in &accepts {
+    for (_, accept) in &accepts {
         accept.abort();
     }
     broadcast(&connections, Command::Drain);
@@ -136,13 +199,13 @@ async fn run(
 
 fn live(connections: &Connections) -> usize {
     let mut list = connections.lock().unwrap_or_else(|e| e.into_inner());
-    list.retain(|w| w.strong_count() > 0);
+    list.retain(|(_, w)| w.strong_count() > 0);
     list.len()
 }
 
 fn broadcast(connections: &Connections, command: Command) {
     let list = connections.lock().unwrap_or_else(|e| e.into_inner());
-    for state in list.iter().filter_map(Weak::upgrade) {
+    for state in list.iter().filter_map(|(_, w)| w.upgrade()) {
         state.command(command);
     }
 }
@@ -157,7 +220,7 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
                     continue;
                 };
                 let state = ConnState::counted(Some(open.0.clone()));
-                connections.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&state));
+                connections.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::downgrade(&state)));
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
                     serve(stream, peer, id, proxy, state).await;
@@ -384,7 +447,7 @@ async fn sweep_loop(proxy: Arc<HttpProxy>, connections: Connections) {
         let now = clock::tick();
         pool::purge();
         let mut list = connections.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|weak| {
+        list.retain(|(_, weak)| {
             let Some(state) = weak.upgrade() else { return false };
             let (phase, since) = state.phase();
             let waited = now.saturating_sub(since);

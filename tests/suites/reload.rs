@@ -183,3 +183,57 @@ async fn settings_that_need_a_restart_are_reported_on_reload() {
     assert_eq!(last.pending_restart, vec!["admin".to_owned(), "server.workers".to_owned()]);
     assert_eq!(instance(gw.addr(), "/").await, "a");
 }
+
+#[tokio::test]
+async fn listeners_are_added_and_removed_by_a_reload() {
+    use crate::common::RawConn;
+    let app = Upstream::start("app", UpstreamBehaviour::Delay(Duration::from_millis(300)));
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (first, second) = (free(), free());
+    let config = |listeners: &str| {
+        format!(
+            "server: {{ workers: 2 }}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}{listeners}]\nupstreams: {{ app: {{ endpoints: [\"{}\"] }} }}\nroutes: [{{ name: all, upstream: app }}]\n",
+            app.url()
+        )
+    };
+    let gw = TestGateway::start(&config(""));
+    let main = gw.addr();
+
+    // Added: it serves at once, on every worker.
+    gw.reload_with(&config(&format!(", {{ name: extra, address: \"127.0.0.1:{first}\" }}")));
+    let extra = std::net::SocketAddr::from(([127, 0, 0, 1], first));
+    assert_eq!(gw.gateway.listener_addr("extra"), Some(extra));
+    for _ in 0..4 {
+        assert_eq!(get(extra, "/a").await.status, 200);
+    }
+    let names: Vec<_> = gw.gateway.shared().listeners().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["main", "extra"]);
+
+    // Removed: no new connection; an open one finishes the request it is in, then closes.
+    let mut kept = RawConn::connect(extra).await;
+    kept.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.reload_with(&config(""));
+    let reply = kept.read_response(Duration::from_secs(5)).await.expect("the request in flight finished");
+    assert!(reply.text().contains("\"instance\":\"app\""), "{}", reply.text());
+    assert!(kept.closed_within(Duration::from_secs(3)).await, "the removed listener's connection drains and closes");
+    let refused = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(extra)).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "the removed listener still accepts");
+    assert_eq!(gw.gateway.listener_addr("extra"), None);
+    assert_eq!(get(main, "/b").await.status, 200, "the others serve on");
+
+    // Re-added under the same name at another address: a listener of its own.
+    gw.reload_with(&config(&format!(", {{ name: extra, address: \"127.0.0.1:{second}\" }}")));
+    assert_eq!(get(std::net::SocketAddr::from(([127, 0, 0, 1], second)), "/c").await.status, 200);
+
+    // An address that cannot be bound refuses the reload; the running listeners stay.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    gw.write_config(&config(&format!(
+        ", {{ name: extra, address: \"127.0.0.1:{second}\" }}, {{ name: busy, address: \"127.0.0.1:{taken_port}\" }}"
+    )));
+    let error = gw.gateway.reload().unwrap_err().to_string();
+    assert!(error.contains("listeners[2].address"), "{error}");
+    assert_eq!(get(std::net::SocketAddr::from(([127, 0, 0, 1], second)), "/d").await.status, 200);
+    drop(taken);
+}
