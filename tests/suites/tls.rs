@@ -561,3 +561,27 @@ routes: [{{ name: all, upstream: target }}]
     assert!(ok > 100, "too little load to mean anything: {ok}");
     assert!(a.requests() > 0 && b.requests() > 0);
 }
+
+/// h2load (nghttp2), a client no one here wrote: many streams on few connections, in clear
+/// text and over TLS, every request answered.
+#[tokio::test]
+async fn h2load_gets_every_answer_over_h2c_and_h2() {
+    if std::process::Command::new("h2load").arg("--version").output().is_err() {
+        eprintln!("h2load is not installed (./scripts/test installs nghttp2-client): skipped");
+        return;
+    }
+    let app = Upstream::echo("app");
+    let pki = Pki::new();
+    let cert = pki.issue("site", &["site.test"]);
+    let gw = gateway(&app, &item(&cert, ""), "");
+    for url in [format!("http://{}/load", gw.listener("plain")), format!("https://{}/load", gw.listener("https"))] {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("h2load").args(["-n", "2000", "-c", "10", "-m", "10", &url]).output().unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
+        assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    }
+}
