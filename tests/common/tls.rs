@@ -38,7 +38,10 @@ impl Pki {
 
     /// A certificate for `names`, written as `<file>.pem` and `<file>.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
-        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        self.sign(file, rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap())
+    }
+
+    fn sign(&self, file: &str, params: rcgen::CertificateParams) -> Issued {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let (cert_path, key_path) = (self.path(&format!("{file}.pem")), self.path(&format!("{file}.key")));
@@ -52,12 +55,7 @@ impl Pki {
         let mut params = rcgen::CertificateParams::new(sans.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let (cert_path, key_path) = (self.path(&format!("{file}.pem")), self.path(&format!("{file}.key")));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Issued { cert: cert_path, key: key_path, der: cert.der().clone() }
+        self.sign(file, params)
     }
 
     /// A client config trusting this CA and presenting `issued`.

@@ -271,11 +271,20 @@ fn bad_tls_settings_are_config_errors_with_their_place() {
     }
 }
 
+/// Whether a command-line client is at hand (./scripts/test installs them; a plain `cargo test`
+/// on a machine without them says so and goes on).
+fn installed(tool: &str) -> bool {
+    let found = std::process::Command::new(tool).arg("--version").output().is_ok();
+    if !found {
+        eprintln!("{tool} is not installed (./scripts/test installs it): this check did not run");
+    }
+    found
+}
+
 /// curl, as users test a gateway: HTTP/2 over TLS by ALPN, and h2c with prior knowledge.
 #[tokio::test]
 async fn curl_speaks_http2_to_it_over_tls_and_in_clear_text() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl is not installed (./scripts/test installs it): skipped");
+    if !installed("curl") {
         return;
     }
     let app = Upstream::echo("app");
@@ -566,8 +575,7 @@ routes: [{{ name: all, upstream: target }}]
 /// text and over TLS, every request answered.
 #[tokio::test]
 async fn h2load_gets_every_answer_over_h2c_and_h2() {
-    if std::process::Command::new("h2load").arg("--version").output().is_err() {
-        eprintln!("h2load is not installed (./scripts/test installs nghttp2-client): skipped");
+    if !installed("h2load") {
         return;
     }
     let app = Upstream::echo("app");
