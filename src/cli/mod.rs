@@ -2,6 +2,7 @@
 
 mod demo;
 mod explain;
+mod notify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Resu
         }
         Err(e) => return Err(e.into()),
     };
+    // The process that serves is the service's main process (after an upgrade, this one).
+    notify::notify(&format!("READY=1\nMAINPID={}\nSTATUS=serving", std::process::id()));
     let upgrade = || {
         // The binary as it was invoked: after an upgrade the path holds the new one (while
         // /proc/self/exe still names the old, deleted file).
@@ -51,14 +54,19 @@ pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Resu
             }
         }
     };
-    wait_for_signals(gateway.shared(), &upgrade)?;
+    let upgraded = wait_for_signals(gateway.shared(), &upgrade)?;
+    if !upgraded {
+        // After an upgrade the new process is the service: this one only drains.
+        notify::notify("STOPPING=1");
+    }
     tracing::info!("shutting down: draining in-flight requests");
     gateway.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGTERM or SIGINT, or until SIGUSR2's `upgrade` succeeds; reloads on SIGHUP.
-pub fn wait_for_signals(shared: &Arc<Shared>, upgrade: &(dyn Fn() -> bool + Sync)) -> anyhow::Result<()> {
+/// Blocks until SIGTERM or SIGINT (false), or until SIGUSR2's `upgrade` succeeds (true); reloads
+/// on SIGHUP.
+pub fn wait_for_signals(shared: &Arc<Shared>, upgrade: &(dyn Fn() -> bool + Sync)) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -70,18 +78,20 @@ pub fn wait_for_signals(shared: &Arc<Shared>, upgrade: &(dyn Fn() -> bool + Sync
             tokio::select! {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
+                    notify::notify("RELOADING=1");
                     let shared = shared.clone();
                     let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                    notify::notify("READY=1");
                 }
                 _ = user2.recv() => {
                     tracing::info!("SIGUSR2: starting a new process with the listening sockets");
                     // Blocking this signal-only runtime while the new process starts is fine.
                     if upgrade() {
-                        return Ok(());
+                        return Ok(true);
                     }
                 }
-                _ = terminate.recv() => return Ok(()),
-                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(false),
+                _ = interrupt.recv() => return Ok(false),
             }
         }
     })

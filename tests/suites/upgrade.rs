@@ -52,13 +52,24 @@ fn a_binary_upgrade_under_load_fails_no_request() {
     )
     .unwrap();
     let log = dir.path().join("old.log");
+    // A service manager's notification socket, as systemd gives a Type=notify service.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let next_notice = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
     let mut old = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "--config", config.to_str().unwrap(), "--no-watch"])
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     assert!(wait_until(Duration::from_secs(10), || one_request(port)), "gatehouse did not start");
+    assert!(next_notice().starts_with(&format!("READY=1\nMAINPID={}\n", old.id())));
 
     // Load: four clients, a new connection per request, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -97,9 +108,13 @@ fn a_binary_upgrade_under_load_fails_no_request() {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("no new_pid in the old process's log:\n{text}"));
+    // The service manager was told the new main process (and not that the service stops).
+    let notice = next_notice();
+    assert!(notice.starts_with(&format!("READY=1\nMAINPID={new_pid}\n")), "{notice}");
     // The new process serves on its own now, and is stopped the usual way.
     assert!(one_request(port));
     let _ = Command::new("kill").args(["-TERM", &new_pid.to_string()]).status();
+    assert_eq!(next_notice(), "STOPPING=1");
     assert!(wait_until(Duration::from_secs(15), || !std::path::Path::new(&format!("/proc/{new_pid}")).exists()));
 
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
