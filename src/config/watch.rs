@@ -24,9 +24,13 @@ impl Drop for Watcher {
     }
 }
 
+/// What a file's metadata says of its content.
+pub type Fingerprint = (u64, SystemTime, u64, i64, i64);
+
 /// Size, times and inode: a rename (how editors and Kubernetes replace files) changes the inode
-/// even when size and modification time (coarse on some filesystems) do not move.
-fn fingerprint(path: &Path) -> Option<(u64, SystemTime, u64, i64, i64)> {
+/// even when size and modification time (coarse on some filesystems) do not move. Also what the
+/// TLS certificate watcher compares.
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?, meta.ino(), meta.ctime(), meta.ctime_nsec()))

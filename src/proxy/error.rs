@@ -228,22 +228,6 @@ impl ProxyError {
     }
 }
 
-impl ProxyError {
-    /// The code a failed try of the upstream is reported with (as `From` would make it).
-    pub fn code_of(err: &UpstreamError) -> &'static str {
-        match err {
-            UpstreamError::Connect { .. } => "upstream_unavailable",
-            UpstreamError::ConnectTimeout { .. } => "upstream_connect_timeout",
-            UpstreamError::ResponseTimeout { .. } => "upstream_timeout",
-            UpstreamError::TooManyConnecting { .. } => "upstream_overloaded",
-            UpstreamError::Exchange { source, .. } => match client_body_failure(source) {
-                Some(_) => "bad_request",
-                None => "upstream_error",
-            },
-        }
-    }
-}
-
 impl From<UpstreamError> for ProxyError {
     fn from(err: UpstreamError) -> ProxyError {
         match err {
@@ -269,17 +253,6 @@ fn www_authenticate(error: Option<&str>, description: &str) -> HeaderValue {
         value.push_str(&format!(", error=\"{error}\", error_description=\"{description}\""));
     }
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"gatehouse\""))
-}
-
-/// Whether an exchange failed for a reason that is not the upstream's: the client's body (cut
-/// off, malformed, too large), or the gateway's own cap on connections being opened.
-pub fn is_client_fault(err: &UpstreamError) -> bool {
-    match err {
-        UpstreamError::Exchange { source, .. } => client_body_failure(source).is_some(),
-        // Refused by the gateway's own cap: nothing reached the upstream.
-        UpstreamError::TooManyConnecting { .. } => true,
-        _ => false,
-    }
 }
 
 /// The client body's error, when an exchange failed because of it (bad chunking, the client went

@@ -112,22 +112,31 @@ impl Tries<'_> {
             // A traced request: this try is a span of its own, the upstream's parent.
             let traced = log.span().map(|span| {
                 let child = span.start_try(this_try.headers_mut());
-                let url = format!("{}{}", endpoint.url, this_try.uri().path_and_query().map_or("/", |p| p.as_str()));
-                (child, this_try.method().clone(), url)
+                let target = this_try.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                (child, this_try.method().clone(), target)
             });
             let started = Instant::now();
-            let result = client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await;
-            if let (Some((child, method, url)), Some(span)) = (traced, log.span()) {
+            // A failure becomes the client's answer once, here: its code, and whether it is the
+            // upstream's fault (breaker, metrics, retries) or the client's (its body broke) or the
+            // gateway's own cap, all follow from that one conversion.
+            let result =
+                client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await.map_err(|(error, back)| {
+                    let connect = matches!(error, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. });
+                    let timeout = matches!(error, UpstreamError::ResponseTimeout { .. });
+                    (ProxyError::from(error), connect, timeout, back)
+                });
+            let upstreams_fault = |e: &ProxyError| e.source() == ErrorSource::Upstream;
+            if let (Some((child, method, target)), Some(span)) = (traced, log.span()) {
                 let outcome = match &result {
                     Ok((response, _)) => Ok(response.status().as_u16()),
-                    Err((error, _)) => Err(ProxyError::code_of(error)),
+                    Err((error, ..)) => Err(error.code()),
                 };
-                span.finish_try(child, &method, url, outcome, attempt);
+                span.finish_try(child, &method, &endpoint, &target, outcome, attempt);
             }
             if upstream.breaker.is_some() {
                 let failed = match &result {
                     Ok((response, _)) => response.status().is_server_error(),
-                    Err((error, _)) => !super::error::is_client_fault(error),
+                    Err((error, ..)) => upstreams_fault(error),
                 };
                 in_flight.finish(failed, clock::tick());
             }
@@ -136,9 +145,9 @@ impl Tries<'_> {
                     Ok((response, _)) => {
                         metrics.tried(Some(response.status().as_u16()), started.elapsed().as_secs_f64())
                     }
+                    Err((error, ..)) if upstreams_fault(error) => metrics.tried(None, 0.0),
                     // The client's body broke, or the gateway's own cap refused: not the upstream's.
-                    Err((error, _)) if super::error::is_client_fault(error) => {}
-                    Err(_) => metrics.tried(None, 0.0),
+                    Err(_) => {}
                 }
             }
             match result {
@@ -159,12 +168,9 @@ impl Tries<'_> {
                     drop((response, checkout, in_flight));
                     tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, %status, "retrying");
                 }
-                Err((error, back)) => {
+                Err((proxy_error, connect, timeout, back)) => {
                     drop(in_flight);
-                    let connect = matches!(error, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. });
-                    let timeout = matches!(error, UpstreamError::ResponseTimeout { .. });
-                    let proxy_error = ProxyError::from(error);
-                    if proxy_error.source() != ErrorSource::Upstream {
+                    if !upstreams_fault(&proxy_error) {
                         // The client's body broke: not the endpoint's fault, and not retried.
                         return Err(proxy_error);
                     }

@@ -224,19 +224,16 @@ impl RequestSpan {
         &mut self,
         child: ChildStart,
         method: &http::Method,
-        url: String,
+        endpoint: &crate::upstream::Endpoint,
+        target: &str,
         outcome: Result<u16, &'static str>,
         resend: u32,
     ) {
         let mut attributes = Vec::with_capacity(6);
         attributes.push(KeyValue::new("http.request.method", method.as_str().to_owned()));
-        if let Ok(uri) = url.parse::<http::Uri>() {
-            if let Some(host) = uri.host() {
-                attributes.push(KeyValue::new("server.address", host.to_owned()));
-            }
-            attributes.push(KeyValue::new("server.port", i64::from(uri.port_u16().unwrap_or(80))));
-        }
-        attributes.push(KeyValue::new("url.full", url));
+        attributes.push(KeyValue::new("server.address", endpoint.host.to_string()));
+        attributes.push(KeyValue::new("server.port", i64::from(endpoint.port)));
+        attributes.push(KeyValue::new("url.full", format!("{}{target}", endpoint.url)));
         if resend > 0 {
             attributes.push(KeyValue::new("http.request.resend_count", i64::from(resend)));
         }

@@ -9,5 +9,6 @@ pub mod clock;
 pub mod conn;
 pub mod inherit;
 pub mod listener;
+pub mod pem;
 pub mod tls;
 pub mod worker;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -55,7 +55,7 @@ impl ListenerTls {
             None => (builder.with_no_client_auth(), None),
             Some(auth) => {
                 let field = |f: &str| format!("tls.client_auth.{f}");
-                let roots = load_roots(&auth.ca).map_err(|m| (field("ca"), m))?;
+                let roots = super::pem::roots(std::path::Path::new(&auth.ca)).map_err(|m| (field("ca"), m))?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
                 let verifier = verifier.build().map_err(|e| (field("ca"), e.to_string()))?;
@@ -88,26 +88,6 @@ impl ListenerTls {
     }
 }
 
-/// CA certificates from a PEM file.
-fn load_roots(path: &str) -> Result<rustls::RootCertStore, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
-    if meta.len() > 1024 * 1024 {
-        return Err(format!("{path}: larger than 1 MiB"));
-    }
-    let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{path}: not PEM certificates ({e})"))?;
-        roots.add(cert).map_err(|e| format!("{path}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{path}: no certificate in it"));
-    }
-    Ok(roots)
-}
-
 /// One configured pair of files.
 #[derive(Debug, Clone)]
 struct Source {
@@ -120,7 +100,7 @@ struct Source {
 
 /// What the files said when they were last read.
 #[derive(Debug, Clone, PartialEq)]
-struct Stamp(Vec<Option<(SystemTime, u64)>>);
+struct Stamp(Vec<Option<crate::config::watch::Fingerprint>>);
 
 /// The certificates of a listener, by name.
 pub struct CertStore {
@@ -218,11 +198,11 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The config watcher's fingerprint of every file: a renewal renamed over the old file is seen
+/// even when size and modification time stay the same.
 fn stamp_of(sources: &[Source]) -> Stamp {
-    let look = |path: &PathBuf| {
-        std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-    };
-    Stamp(sources.iter().flat_map(|s| [look(&s.cert), look(&s.key)]).collect())
+    use crate::config::watch::fingerprint;
+    Stamp(sources.iter().flat_map(|s| [fingerprint(&s.cert), fingerprint(&s.key)]).collect())
 }
 
 fn build(sources: &[Source]) -> Result<Certs, (String, String)> {
@@ -257,25 +237,8 @@ fn build(sources: &[Source]) -> Result<Certs, (String, String)> {
 /// A certificate chain and its key, checked to belong together; and the DNS names of the
 /// certificate's subjectAltName.
 fn load_pair(source: &Source) -> Result<(CertifiedKey, Vec<String>), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |path: &PathBuf| {
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.len() > 1024 * 1024 {
-            return Err(format!("{}: larger than 1 MiB", path.display()));
-        }
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let cert_pem = read(&source.cert)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate chain ({e})", source.cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", source.cert.display()));
-    }
-    let key_pem = read(&source.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{}: not a PEM private key ({e})", source.key.display()))?;
+    let chain = super::pem::chain(&source.cert)?;
+    let key = super::pem::key(&source.key)?;
     let signer =
         rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("{}: {e}", source.key.display()))?;
     let end_entity = webpki::EndEntityCert::try_from(&chain[0])

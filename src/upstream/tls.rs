@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamTlsConfig;
+use crate::transport::pem;
 
 /// How an upstream's connections are secured.
 pub struct UpstreamTls {
@@ -51,14 +51,6 @@ fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
         .clone()
 }
 
-fn read_pem(path: &str, what: &str) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
-    if meta.len() > 1024 * 1024 {
-        return Err(format!("{path}: the {what} file is larger than 1 MiB"));
-    }
-    std::fs::read(Path::new(path)).map_err(|e| format!("{path}: {e}"))
-}
-
 impl UpstreamTls {
     /// TLS with the system's roots and nothing else: `https://` URLs of the gateway's own calls.
     pub fn system() -> Result<Arc<UpstreamTls>, String> {
@@ -79,39 +71,15 @@ impl UpstreamTls {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
         } else {
             let roots = match &config.ca {
-                Some(path) => {
-                    let pem = read_pem(path, "CA").map_err(|m| ("ca".to_owned(), m))?;
-                    let mut roots = rustls::RootCertStore::empty();
-                    for cert in CertificateDer::pem_slice_iter(&pem) {
-                        let cert =
-                            cert.map_err(|e| ("ca".to_owned(), format!("{path}: not PEM certificates ({e})")))?;
-                        roots.add(cert).map_err(|e| ("ca".to_owned(), format!("{path}: {e}")))?;
-                    }
-                    if roots.is_empty() {
-                        return Err(("ca".into(), format!("{path}: no certificate in it")));
-                    }
-                    Arc::new(roots)
-                }
+                Some(path) => Arc::new(pem::roots(Path::new(path)).map_err(|m| ("ca".to_owned(), m))?),
                 None => system_roots().map_err(|m| ("ca".to_owned(), m))?,
             };
             builder.with_root_certificates(roots)
         };
         let mut client = match &config.client_certificate {
             Some(pair) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(
-                    &read_pem(&pair.cert, "certificate").map_err(|m| ("client_certificate.cert".to_owned(), m))?,
-                )
-                .collect::<Result<_, _>>()
-                .map_err(|e| ("client_certificate.cert".to_owned(), format!("{}: not PEM ({e})", pair.cert)))?;
-                if chain.is_empty() {
-                    return Err(("client_certificate.cert".into(), format!("{}: no certificate in it", pair.cert)));
-                }
-                let key = PrivateKeyDer::from_pem_slice(
-                    &read_pem(&pair.key, "key").map_err(|m| ("client_certificate.key".to_owned(), m))?,
-                )
-                .map_err(|e| {
-                    ("client_certificate.key".to_owned(), format!("{}: not a PEM private key ({e})", pair.key))
-                })?;
+                let chain = pem::chain(Path::new(&pair.cert)).map_err(|m| ("client_certificate.cert".to_owned(), m))?;
+                let key = pem::key(Path::new(&pair.key)).map_err(|m| ("client_certificate.key".to_owned(), m))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| ("client_certificate".to_owned(), e.to_string()))?
