@@ -21,7 +21,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::HmacAuthConfig;
@@ -382,13 +381,7 @@ impl BodyCheck {
     /// `server_limit` is `server.limits.max_body_size`; the lower limit applies.
     pub async fn read(self, body: Incoming, server_limit: Option<u64>) -> Result<Bytes, ProxyError> {
         let limit = server_limit.map_or(self.max, |s| s.min(self.max));
-        let bytes = match Limited::new(body, limit as usize).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ProxyError::PayloadTooLarge { limit });
-            }
-            Err(_) => return Err(ProxyError::BadRequest("the request body is malformed or was cut off".into())),
-        };
+        let bytes = crate::proxy::forward::read_limited(body, limit).await?;
         let actual = ring::digest::digest(self.algorithm, &bytes);
         if actual.as_ref() != self.expected.as_slice() {
             return Err(ProxyError::unauthorized(Some("invalid_signature"), "the body does not match its Digest"));

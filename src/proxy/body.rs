@@ -212,6 +212,8 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            // Translated frames change the length (base64, the trailers frame): unknown.
+            Kind::Upstream { web: Some(_), .. } => SizeHint::default(),
             Kind::Upstream { body, .. } => body.size_hint(),
         }
     }

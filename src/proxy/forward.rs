@@ -227,6 +227,15 @@ pub async fn read_small(body: Incoming, max: u64) -> Result<Bytes, ProxyError> {
     }
 }
 
+/// Reads a whole body of at most `limit` bytes; more is `413 payload_too_large`.
+pub async fn read_limited(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    match http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::PayloadTooLarge { limit }),
+        Err(_) => Err(ProxyError::BadRequest("the request body is malformed or was cut off".into())),
+    }
+}
+
 /// Marks the copies sent to a mirror; removed from every client request.
 pub static MIRROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-gatehouse-mirror");
 

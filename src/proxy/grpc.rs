@@ -11,6 +11,9 @@ use http::{HeaderMap, HeaderValue, Response, header};
 use super::body::ProxyBody;
 use super::error::ProxyError;
 
+/// The largest gRPC-Web text body read (base64, decoded whole) when no `max_body_size` is set.
+pub const MAX_WEB_TEXT_BODY: u64 = 4 * 1024 * 1024;
+
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -139,8 +142,8 @@ pub struct Web {
 
 impl Web {
     pub fn of(headers: &HeaderMap) -> Option<Web> {
-        let client_type = headers.get(header::CONTENT_TYPE)?.clone();
-        let rest = client_type.to_str().ok()?.strip_prefix("application/grpc-web")?;
+        let value = headers.get(header::CONTENT_TYPE)?;
+        let rest = value.to_str().ok()?.strip_prefix("application/grpc-web")?;
         let (text, suffix) = match rest.strip_prefix("-text") {
             Some(suffix) => (true, suffix),
             None => (false, rest),
@@ -149,15 +152,12 @@ impl Web {
             return None;
         }
         let upstream_type = HeaderValue::from_str(&format!("application/grpc{suffix}")).ok()?;
-        Some(Web { text, client_type, upstream_type })
+        Some(Web { text, client_type: value.clone(), upstream_type })
     }
 
     /// The request body for the upstream: `-text` bodies are base64, possibly several padded
     /// pieces one after the other.
     pub fn decode_request(&self, body: Bytes) -> Result<Bytes, ProxyError> {
-        if !self.text {
-            return Ok(body);
-        }
         use base64::Engine;
         let chars: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
         if chars.len() % 4 != 0 {

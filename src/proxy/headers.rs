@@ -35,7 +35,9 @@ const HOP_BY_HOP: [&HeaderName; 9] = [
     &header::PROXY_AUTHENTICATE,
 ];
 const CONNECTION_BIT: u16 = 1;
+const TE_BIT: u16 = 1 << 3;
 const TRANSFER_ENCODING_BIT: u16 = 1 << 5;
+const UPGRADE_BIT: u16 = 1 << 6;
 
 fn hop_by_hop_bit(name: &str) -> u16 {
     match name {
@@ -67,6 +69,16 @@ impl HeadScan {
     pub fn transfer_encoding(&self) -> bool {
         self.hop & TRANSFER_ENCODING_BIT != 0
     }
+
+    /// An `Upgrade` header is present (a WebSocket handshake may be asked for).
+    pub fn upgrade(&self) -> bool {
+        self.hop & UPGRADE_BIT != 0
+    }
+
+    /// A `TE` header is present.
+    pub fn te(&self) -> bool {
+        self.hop & TE_BIT != 0
+    }
 }
 
 pub fn scan(headers: &HeaderMap) -> HeadScan {
@@ -80,9 +92,6 @@ pub fn scan(headers: &HeaderMap) -> HeadScan {
     scan
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header named in
-/// `Connection`. These describe one connection and must not be forwarded to the next. `hop` is
-/// `HeadScan::hop` of these headers.
 /// Whether the request's `TE` lists `trailers`.
 pub fn te_has_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|v| {
@@ -92,6 +101,9 @@ pub fn te_has_trailers(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every header named in
+/// `Connection`. These describe one connection and must not be forwarded to the next. `hop` is
+/// `HeadScan::hop` of these headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, hop: u16) {
     if hop == 0 {
         return;

@@ -80,10 +80,10 @@ impl HttpProxy {
             rate_reports: [None, None],
             slot: None,
             in_flight: None,
+            grpc: grpc::content_type(req.headers()),
         };
-        let grpc = grpc::content_type(req.headers());
         let result = exchange.handle(req).await;
-        let Exchange { mut log, request_id, cors, rate_reports, slot, in_flight, .. } = exchange;
+        let Exchange { mut log, request_id, cors, rate_reports, slot, in_flight, grpc, .. } = exchange;
         log.set_unrouted(listener.unrouted.as_ref());
         let mut response = match result {
             Ok(response) => response,
@@ -130,6 +130,8 @@ struct Exchange<'a> {
     slot: Option<crate::policy::concurrency::Slot>,
     /// The endpoint's in-flight count, lowered when the response has been sent.
     in_flight: Option<crate::upstream::InFlight>,
+    /// A gRPC request's content type: its errors are answered as gRPC statuses.
+    grpc: Option<HeaderValue>,
 }
 
 impl Exchange<'_> {
@@ -232,7 +234,7 @@ impl Exchange<'_> {
             }
         };
         let route = snap.route(route_match.route);
-        let websocket = tunnel::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
+        let websocket = scan.upgrade() && tunnel::is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
         if websocket && !route.websocket {
             return Err(ProxyError::UpgradeNotAllowed);
         }
@@ -307,7 +309,8 @@ impl Exchange<'_> {
         let trusted = !server.trusted_proxies.is_empty() && server.is_trusted(self.conn.peer.ip());
         let upgrade = if websocket { tunnel::Upgrade::take(&mut parts.extensions, &parts.headers) } else { None };
         // gRPC-Web from a browser: gRPC for an HTTP/2 upstream.
-        let web = if upstream.http2 { grpc::Web::of(&parts.headers) } else { None };
+        let grpc = self.grpc.is_some();
+        let web = if grpc && upstream.http2 { grpc::Web::of(&parts.headers) } else { None };
         if let Some(web) = &web {
             parts.headers.insert(header::CONTENT_TYPE, web.upstream_type.clone());
             if web.text {
@@ -315,8 +318,8 @@ impl Exchange<'_> {
             }
         }
         // `TE: trailers` is the one TE an HTTP/2 upstream may get; gRPC servers look for it.
-        let te_trailers = upstream.http2 && (web.is_some() || headers::te_has_trailers(&parts.headers));
-        let grpc_timeout = grpc::timeout(&parts.headers);
+        let te_trailers = upstream.http2 && (web.is_some() || (scan.te() && headers::te_has_trailers(&parts.headers)));
+        let grpc_timeout = if grpc { grpc::timeout(&parts.headers) } else { None };
         headers::strip_hop_by_hop(&mut parts.headers, scan.hop);
         if te_trailers {
             parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -343,17 +346,23 @@ impl Exchange<'_> {
         };
         let retry = &upstream.retry;
         let may_resend = retry.attempts > 0 && retry.may_resend(&parts.method);
-        let body = if let Some(web) = web.as_ref().filter(|w| w.text) {
-            // Base64 pieces are decoded whole: a browser's gRPC-Web call sends one message.
-            let limit = max_body_size.unwrap_or(4 * 1024 * 1024);
-            let bytes = web.decode_request(Box::pin(forward::read_small(body, limit)).await?)?;
-            self.count_body(bytes.len());
-            UpstreamBody::Full(Some(bytes))
-        } else if let Some(check) = state.body_check.take() {
+        // gRPC-Web text bodies are base64: decoded whole (a browser's call sends one message),
+        // after the signed digest, if any, has been checked on what the client sent.
+        let text = web.as_ref().filter(|w| w.text);
+        let body = if let Some(check) = state.body_check.take() {
             // The signed digest must match before any of the body goes upstream.
             let bytes = Box::pin(check.read(body, max_body_size)).await?;
             self.count_body(bytes.len());
+            let bytes = match text {
+                Some(web) => web.decode_request(bytes)?,
+                None => bytes,
+            };
             if bytes.is_empty() { UpstreamBody::Empty } else { UpstreamBody::Full(Some(bytes)) }
+        } else if let Some(web) = text {
+            let limit = max_body_size.unwrap_or(grpc::MAX_WEB_TEXT_BODY);
+            let bytes = Box::pin(forward::read_limited(body, limit)).await?;
+            self.count_body(bytes.len());
+            UpstreamBody::Full(Some(web.decode_request(bytes)?))
         } else if body.is_end_stream() {
             UpstreamBody::Empty
         } else {
@@ -406,11 +415,12 @@ impl Exchange<'_> {
 
         // 8. Response policies.
         let (mut parts, body) = response.into_parts();
-        let upstream_protocol = parts.headers.get(header::UPGRADE).cloned();
+        let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_protocol = if switching { parts.headers.get(header::UPGRADE).cloned() } else { None };
         headers::strip_response_hop_by_hop(&mut parts.headers);
         policy::apply_response_policies(policies, &mut parts.headers);
         parts.headers.insert(server.request_id_header.clone(), request_id);
-        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        if switching {
             // Only the upgrade the client asked for, on a route that allows it, is switched to.
             let Some(upgrade) = upgrade else {
                 return Err(ProxyError::UpstreamFailed("the upstream switched protocols unasked".into()));
