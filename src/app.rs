@@ -171,7 +171,15 @@ impl Shared {
         let merged = changes.apply(&loaded.config);
         let plan = self.plan_listeners(&merged.config, &loaded.name)?;
         let ctx = Context { registry: &self.registry, bound: Some(&plan.slots), generation, dry_run: false };
-        let snapshot = compile(&merged.config, &ctx).map_err(|d| merged.locate(loaded, d))?;
+        let mut snapshot = compile(&merged.config, &ctx).map_err(|d| merged.locate(loaded, d))?;
+        // A removed listener accepts until its workers hear of it: keep its TLS that long, so a
+        // handshake in that moment is not read as HTTP.
+        let running = self.snapshot.load();
+        for &id in &plan.removed {
+            if let (Some(next), Some(now)) = (snapshot.listeners.get_mut(id), running.listeners.get(id)) {
+                next.tls = now.tls.clone();
+            }
+        }
         Ok((snapshot, plan))
     }
 
@@ -198,7 +206,7 @@ impl Shared {
             if name.is_empty() {
                 continue;
             }
-            let kept = wanted.iter().any(|(_, n, a)| n == name && (a.port() == 0 || a == address));
+            let kept = wanted.iter().any(|(_, n, a)| n == name && crate::config::compile::same_listener(a, address));
             if !kept {
                 plan.removed.push(id);
                 name.clear();

@@ -45,6 +45,9 @@ pub fn run(config: PathBuf, workers: Option<usize>, watch: bool) -> anyhow::Resu
         let args: Vec<_> = args.collect();
         match gateway.hand_over(&program, &args) {
             Ok(pid) => {
+                // Said by the main process itself too: with NotifyAccess=main (the default) systemd
+                // hears only this one, and would otherwise stop the unit when it exits.
+                notify::notify(&format!("MAINPID={pid}"));
                 tracing::info!(new_pid = pid, "SIGUSR2: the new process serves; draining this one");
                 true
             }

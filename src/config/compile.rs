@@ -396,9 +396,7 @@ fn listener_names(config: &LocalConfig, ctx: &Context<'_>, problems: &mut Proble
             continue;
         }
         match out.iter().find(|(n, _)| **n == **name) {
-            Some((n, configured)) if configured.port() == 0 || configured == address => {
-                slots.push((n.clone(), *address))
-            }
+            Some((n, configured)) if same_listener(configured, address) => slots.push((n.clone(), *address)),
             _ => problems.add("listeners", format!("listener \"{name}\" at {address} is bound but not configured so")),
         }
     }
@@ -408,6 +406,12 @@ fn listener_names(config: &LocalConfig, ctx: &Context<'_>, problems: &mut Proble
         }
     }
     slots
+}
+
+/// Whether a configured listener address is the one bound: equal, or port 0 (chosen at bind) on
+/// the same IP.
+pub fn same_listener(configured: &SocketAddr, bound: &SocketAddr) -> bool {
+    configured == bound || (configured.port() == 0 && configured.ip() == bound.ip())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -548,8 +552,14 @@ fn upstreams(
         } else {
             None
         };
+        // Health checks speak their own protocol (HTTP/1.1, or HTTP/2 for gRPC), whatever the
+        // upstream's: over TLS they offer that one in ALPN.
         let check = check.map(|mut c| {
-            c.tls = tls.clone();
+            if secure {
+                let grpc = matches!(c.kind, crate::upstream::active::CheckKind::Grpc { .. });
+                let settings = u.tls.clone().unwrap_or_default();
+                c.tls = crate::upstream::tls::UpstreamTls::build(&settings, grpc).ok().map(Arc::new);
+            }
             c
         });
         let spec =

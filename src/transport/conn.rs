@@ -75,6 +75,19 @@ pub struct ListenerCounts {
 /// A tunnel's place in its listener's count of open connections.
 pub struct ConnectionHold(Arc<ListenerCounts>);
 
+impl ConnectionHold {
+    /// Counts one more open connection on `counts`; the count goes down when this is dropped.
+    /// Returns the count before.
+    pub fn open(counts: &Arc<ListenerCounts>) -> (ConnectionHold, usize) {
+        let before = counts.connections.fetch_add(1, Ordering::AcqRel);
+        (ConnectionHold(counts.clone()), before)
+    }
+
+    pub fn counts(&self) -> &Arc<ListenerCounts> {
+        &self.0
+    }
+}
+
 impl Drop for ConnectionHold {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
@@ -179,9 +192,7 @@ impl ConnState {
     /// Keeps the connection counted as open on its listener after hyper has let go of it (a
     /// WebSocket tunnel): released when dropped.
     pub fn hold_connection(&self) -> Option<ConnectionHold> {
-        let listener = self.listener.clone()?;
-        listener.connections.fetch_add(1, Ordering::AcqRel);
-        Some(ConnectionHold(listener))
+        Some(ConnectionHold::open(self.listener.as_ref()?).0)
     }
 
     /// The connection speaks HTTP/2: the first request must still come within the head-read

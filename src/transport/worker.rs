@@ -21,7 +21,9 @@ use crate::state::ServerSettings;
 use crate::upstream::pool;
 
 use super::clock;
-use super::conn::{ClientIo, Command, ConnContext, ConnState, ConnStream, Driver, Phase, ServeConnection};
+use super::conn::{
+    ClientIo, Command, ConnContext, ConnState, ConnStream, ConnectionHold, Driver, Phase, ServeConnection,
+};
 use super::listener::BoundListener;
 
 /// Every connection of a worker, with the listener it came in on.
@@ -219,7 +221,7 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
                     drop(stream);
                     continue;
                 };
-                let state = ConnState::counted(Some(open.0.clone()));
+                let state = ConnState::counted(Some(open.counts().clone()));
                 connections.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::downgrade(&state)));
                 let proxy = proxy.clone();
                 tokio::spawn(async move {
@@ -237,25 +239,15 @@ async fn accept_loop(listener: TcpListener, id: usize, proxy: Arc<HttpProxy>, co
 }
 
 /// Counts a new connection on listener `id`, unless the listener is full.
-fn admit(proxy: &Arc<HttpProxy>, id: usize) -> Option<OpenConnection> {
+fn admit(proxy: &Arc<HttpProxy>, id: usize) -> Option<ConnectionHold> {
     let counts = proxy.counts.get(id)?;
     let limit = proxy.snapshot.load().listeners.get(id).and_then(|l| l.max_connections);
-    let before = counts.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    let open = OpenConnection(counts.clone());
+    let (open, before) = ConnectionHold::open(counts);
     if limit.is_some_and(|max| before >= max) {
         tracing::debug!(listener = id, "connection refused: the listener's max_connections is reached");
         return None;
     }
     Some(open)
-}
-
-/// Holds a listener's connection count up while the connection is open.
-struct OpenConnection(Arc<crate::transport::conn::ListenerCounts>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// The HTTP/2 connection preface: a clear-text client that starts with it speaks HTTP/2 (h2c with

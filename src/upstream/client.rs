@@ -132,7 +132,15 @@ async fn send_h2(
         }
     }
     *request.version_mut() = http::Version::HTTP_2;
-    let pooled = pool::take_shared(key);
+    // The worker's connection, if it still takes streams (one the upstream is closing — GOAWAY,
+    // idle timeout — is replaced, as a stale HTTP/1 connection is); else a new one.
+    let mut pooled = pool::take_shared(key);
+    if let Some(sender) = pooled.as_mut() {
+        if sender.ready().await.is_err() {
+            pool::drop_shared(key);
+            pooled = None;
+        }
+    }
     let mut sender = match pooled {
         Some(sender) => sender,
         None => {

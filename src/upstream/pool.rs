@@ -126,6 +126,13 @@ pub fn take_shared(key: u64) -> Option<Sender2> {
     })
 }
 
+/// Forgets this worker's HTTP/2 connection to endpoint `key` (it no longer takes streams).
+pub fn drop_shared(key: u64) {
+    POOL.with(|pool| {
+        pool.borrow_mut().shared.remove(&key);
+    });
+}
+
 /// Keeps an HTTP/2 connection for the next requests to endpoint `key`.
 pub fn put_shared(key: u64, sender: Sender2) {
     POOL.with(|pool| {
