@@ -20,19 +20,6 @@ use crate::config::{
     ConfigErrors, ConsumerConfig, CredentialConfig, Diagnostic, LocalConfig, RouteConfig, UpstreamConfig,
 };
 
-/// Names of what the API creates: the characters that are safe in a URL path, a header value and a
-/// metric label, at most 128 of them.
-fn check_name(name: &str) -> Result<(), ChangeError> {
-    let fine = |c: char| c.is_ascii_alphanumeric() || "-._~:@".contains(c);
-    if name.is_empty() || name.len() > 128 || !name.chars().all(fine) {
-        return Err(ChangeError::BadRequest(vec![Diagnostic::new(
-            "",
-            format!("{name:?} is not a usable name: 1 to 128 of A-Z a-z 0-9 - . _ ~ : @"),
-        )]));
-    }
-    Ok(())
-}
-
 /// A kind of entity the API changes, and how it lives in the config and in the changes.
 trait Entity: Clone + serde::Serialize + DeserializeOwned {
     const KIND: &'static str;
@@ -41,6 +28,14 @@ trait Entity: Clone + serde::Serialize + DeserializeOwned {
     fn changes(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>>;
     fn find(config: &LocalConfig, name: &str) -> Option<Self>;
     fn all(config: &LocalConfig) -> Vec<(String, Self)>;
+    /// Refuses a name the config would refuse, before anything is compiled: routes and upstreams
+    /// follow the config's name rule; consumers' names are checked by the consumer index.
+    fn check_name(name: &str) -> Result<(), ChangeError> {
+        if crate::config::compile::valid_name(name) {
+            return Ok(());
+        }
+        Err(ChangeError::BadRequest(vec![Diagnostic::new("", crate::config::compile::name_rule(name))]))
+    }
     /// Makes it fit to be stored (e.g. API keys hashed).
     fn prepare(&mut self) -> Result<(), ChangeError> {
         Ok(())
@@ -88,6 +83,9 @@ impl Entity for ConsumerConfig {
     fn all(config: &LocalConfig) -> Vec<(String, Self)> {
         config.consumers.iter().map(|c| (c.name.clone(), c.clone())).collect()
     }
+    fn check_name(_: &str) -> Result<(), ChangeError> {
+        Ok(())
+    }
     fn prepare(&mut self) -> Result<(), ChangeError> {
         for (i, credential) in self.credentials.iter_mut().enumerate() {
             hash_api_key(credential, &format!("credentials[{i}]"))?;
@@ -112,8 +110,7 @@ fn hash_api_key(credential: &mut CredentialConfig, path: &str) -> Result<(), Cha
                 "give api_key or api_key_sha256, not both",
             )]));
         }
-        credential.api_key_sha256 =
-            Some(crate::text::hex_encode(&crate::policy::consumers::key_digest(key.as_bytes())));
+        credential.api_key_sha256 = Some(crate::policy::consumers::key_hex(&key));
     }
     Ok(())
 }
@@ -123,7 +120,7 @@ fn hash_api_key(credential: &mut CredentialConfig, path: &str) -> Result<(), Cha
 pub fn credential_id(c: &CredentialConfig) -> String {
     let key_hash = match (&c.api_key_sha256, &c.api_key) {
         (Some(hex), _) => Some(hex.to_ascii_lowercase()),
-        (None, Some(key)) => Some(crate::text::hex_encode(&crate::policy::consumers::key_digest(key.as_bytes()))),
+        (None, Some(key)) => Some(crate::policy::consumers::key_hex(key)),
         (None, None) => None,
     };
     match (key_hash, &c.jwt_subject, &c.username, &c.secret) {
@@ -150,12 +147,28 @@ pub fn redact(value: &mut Value) {
                     && v.is_string()
                 {
                     *v = json!("<redacted>");
+                } else if key == "otlp" {
+                    // A tracing vendor's API key travels in the exporter's headers.
+                    if let Some(Value::Object(headers)) = v.get_mut("headers") {
+                        headers.values_mut().for_each(|h| *h = json!("<redacted>"));
+                    }
+                    redact(v);
                 } else {
                     redact(v);
                 }
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        // A password in a URL (`redis://user:password@host`).
+        Value::String(text) => {
+            if let Some((scheme, rest)) = text.split_once("://") {
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                if let Some((_, host)) = authority.rsplit_once('@') {
+                    let tail = &rest[authority.len()..];
+                    *text = format!("{scheme}://<redacted>@{host}{tail}");
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -275,7 +288,7 @@ async fn off_thread<T: Send + 'static>(
 
 async fn put<E: Entity + Send + 'static>(shared: Arc<Shared>, name: String, bytes: Bytes) -> Response {
     let result = off_thread(move || {
-        check_name(&name)?;
+        E::check_name(&name)?;
         let mut entity: E = body(&bytes, E::NAMED.then_some(name.as_str()))?;
         entity.prepare()?;
         shared.change(|changes, file| {
@@ -397,7 +410,7 @@ pub async fn add_credential(
                         "generate=api_key makes the key: give none",
                     )]));
                 }
-                let key = new_api_key()?;
+                let (key, _) = crate::policy::consumers::generate_key().map_err(ChangeError::Store)?;
                 credential.api_key = Some(key.clone());
                 (credential, Some(key))
             }
@@ -465,17 +478,6 @@ pub async fn delete_credential(
     }
 }
 
-/// 32 random bytes, base64url: 256 bits, nothing to guess.
-fn new_api_key() -> Result<String, ChangeError> {
-    use base64::Engine;
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| ChangeError::Store("the system random source failed".into()))?;
-    Ok(format!("gh_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
-}
-
 /// Every change the API has made, as kept in `admin.store` (secrets redacted).
 pub async fn get_changes(State(shared): State<Arc<Shared>>) -> Response {
     let mut changes = serde_json::to_value(shared.changes()).unwrap_or_default();
@@ -496,5 +498,29 @@ pub async fn delete_changes(State(shared): State<Arc<Shared>>) -> Response {
     match result {
         Ok(((), generation)) => changed(StatusCode::OK, generation, json!({})),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_the_config_holds_them() {
+        let mut config = json!({
+            "admin": {"token": "t0ken"},
+            "redis": {"url": "redis://app:hunter2@redis.internal:6379/0"},
+            "tracing": {"otlp": {"endpoint": "https://otlp.vendor.example/v1/traces", "headers": {"x-api-key": "vendor-key"}}},
+            "consumers": [{"name": "a", "credentials": [{"secret": "s", "api_key": "k", "password_hash": "$argon2id$"}]}],
+            "upstreams": {"u": {"endpoints": ["http://10.0.0.1:80"]}},
+        });
+        redact(&mut config);
+        let text = config.to_string();
+        for secret in ["t0ken", "hunter2", "vendor-key", "\"s\"", "\"k\"", "argon2id"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(config["redis"]["url"], "redis://<redacted>@redis.internal:6379/0");
+        assert_eq!(config["tracing"]["otlp"]["endpoint"], "https://otlp.vendor.example/v1/traces");
+        assert_eq!(config["upstreams"]["u"]["endpoints"][0], "http://10.0.0.1:80");
     }
 }

@@ -414,13 +414,13 @@ pub fn same_listener(configured: &SocketAddr, bound: &SocketAddr) -> bool {
     configured == bound || (configured.port() == 0 && configured.ip() == bound.ip())
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn name_rule(name: &str) -> String {
+pub(crate) fn name_rule(name: &str) -> String {
     format!("\"{name}\" is not a valid name: use 1-128 letters, digits, '-', '_' or '.'")
 }
 

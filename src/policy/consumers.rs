@@ -162,6 +162,11 @@ pub fn key_digest(key: &[u8]) -> [u8; 32] {
     out
 }
 
+/// An API key's SHA-256 in hex, as `api_key_sha256` holds it.
+pub fn key_hex(key: &str) -> String {
+    hex_encode(&key_digest(key.as_bytes()))
+}
+
 /// A new random API key and its SHA-256 in hex (`gatehouse keygen`).
 pub fn generate_key() -> Result<(String, String), String> {
     use base64::Engine;
@@ -169,7 +174,7 @@ pub fn generate_key() -> Result<(String, String), String> {
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "no randomness available".to_owned())?;
     let key = format!("gh_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
-    let hash = hex_encode(&key_digest(key.as_bytes()));
+    let hash = key_hex(&key);
     Ok((key, hash))
 }
 
