@@ -155,6 +155,10 @@ pub fn replace(path: &Path, text: &[u8]) {
 /// certificate from `pki` is required.
 pub struct HttpsUpstream {
     pub addr: SocketAddr,
+    /// TLS handshakes completed.
+    pub handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Paths requested, in order.
+    pub paths: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HttpsUpstream {
@@ -179,15 +183,21 @@ impl HttpsUpstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counted, seen) = (handshakes.clone(), paths.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let (counted, seen) = (counted.clone(), seen.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let (_, session) = tls.get_ref();
                     let sni = session.server_name().map(str::to_owned);
                     let client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
                     let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(request.uri().path().to_owned());
                         let body = serde_json::json!({
                             "sni": sni,
                             "client_cert": client_cert,
@@ -205,6 +215,6 @@ impl HttpsUpstream {
                 });
             }
         });
-        HttpsUpstream { addr }
+        HttpsUpstream { addr, handshakes, paths }
     }
 }

@@ -84,7 +84,9 @@ async fn a_rapid_reset_flood_closes_its_connection() {
     }
     let _ = tcp.write_all(&flood).await;
     assert!(closed_within(&mut tcp, Duration::from_secs(5)).await, "the flood's connection stays open");
-    assert!(app.requests() < 2000, "every reset stream reached the upstream");
+    // hyper allows 20 streams reset before they are answered: the flood's connection is cut long
+    // before its 2000 streams reach the upstream.
+    assert!(app.requests() < 200, "{} reset streams reached the upstream", app.requests());
     others_are_served(&gw).await;
 }
 
@@ -109,12 +111,14 @@ async fn a_continuation_flood_closes_its_connection() {
     let continuation = frame(9, 0, 1, &block);
     let mut sent = 0usize;
     for _ in 0..2000 {
-        if tcp.write_all(&continuation).await.is_err() {
-            break;
+        match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&continuation)).await {
+            Ok(Ok(())) => sent += continuation.len(),
+            _ => break,
         }
-        sent += continuation.len();
     }
-    assert!(sent < 2000 * continuation.len() || closed_within(&mut tcp, Duration::from_secs(5)).await);
+    // Cut off near the header-list limit (some 80 KB, plus what the socket buffers hold), not
+    // after the 32 MB the flood would be.
+    assert!(sent < 8 << 20, "{sent} bytes of one header block were taken");
     assert!(closed_within(&mut tcp, Duration::from_secs(5)).await, "the flood's connection stays open");
     assert_eq!(app.requests(), 0);
     others_are_served(&gw).await;

@@ -186,6 +186,15 @@ async fn renewed_certificates_are_used_without_a_restart_or_a_dropped_connection
     let stream = handshake(addr, "site.test", config()).await.unwrap();
     assert_eq!(presented(&stream), renewed.der);
     assert_eq!(get(stream, false, "site.test", "/").await.0, 200);
+    // …and the watcher still watches: a good pair after the broken one is taken.
+    let third = pki.issue("third", &["site.test"]);
+    replace(&first.key, &std::fs::read(&third.key).unwrap());
+    replace(&first.cert, &std::fs::read(&third.cert).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while presented(&handshake(addr, "site.test", config()).await.unwrap()) != third.der {
+        assert!(std::time::Instant::now() < deadline, "the pair after a broken renewal is not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -33,8 +33,9 @@ async fn https_endpoints_are_verified_against_the_configured_ca() {
     assert_eq!(seen["host"], format!("localhost:{}", upstream.addr.port()));
     assert_eq!(seen["uri"], "/orders/1?x=2");
     assert_eq!(seen["client_cert"], false);
-    // Pooled: a second request reuses the TLS connection (and still works).
+    // Pooled: a second request reuses the TLS connection.
     assert_eq!(client.get("/again").await.status, 200);
+    assert_eq!(upstream.handshakes.load(std::sync::atomic::Ordering::Relaxed), 1, "one handshake for both");
 
     // Trusting another CA (as the system's roots would be): no connection, 502.
     let stranger = Pki::new();
@@ -106,8 +107,11 @@ async fn insecure_skip_verify_takes_any_certificate_and_health_checks_speak_tls(
     );
     let reply = Client::connect(gw.addr()).await.get("/x").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    // The HTTPS health check passes (a plain-HTTP one would fail the TLS server).
+    // The HTTPS health check reaches the endpoint over TLS (a plain-HTTP probe could not) and
+    // keeps it up.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let probes = upstream.paths.lock().unwrap().iter().filter(|p| *p == "/health").count();
+    assert!(probes >= 2, "{probes} health probes arrived over TLS");
     let snapshot = gw.gateway.snapshot();
     let endpoint = snapshot.upstreams["secure"].members().endpoints[0].clone();
     assert!(endpoint.url.starts_with("https://"));

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
-use crate::common::{Client, TestGateway};
+use crate::common::TestGateway;
 
 /// A WebSocket echo server; keeps the handshake headers it saw.
 struct Echo {
@@ -151,9 +151,14 @@ routes: [{{ name: live, upstream: app, websocket: true }}]
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 200),
         other => panic!("{other:?}"),
     }
-    // The connection is still an ordinary HTTP one afterwards.
-    let mut client = Client::connect(gw.addr()).await;
-    assert_eq!(client.get("/y").await.status, 200);
+    // The connection that carried the declined handshake goes on as an ordinary HTTP one.
+    let mut conn = crate::common::RawConn::connect(gw.addr()).await;
+    conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    assert_eq!(conn.read_response(Duration::from_secs(5)).await.expect("the declined handshake's answer").status, 200);
+    conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let second = conn.read_response(Duration::from_secs(5)).await.expect("a second request on the same connection");
+    assert_eq!(second.status, 200);
+    assert!(second.text().contains("/y"), "{}", second.text());
 }
 
 #[tokio::test]
