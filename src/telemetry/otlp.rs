@@ -109,36 +109,7 @@ impl opentelemetry_http::HttpClient for Client {
 }
 
 async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, opentelemetry_http::HttpError> {
-    use http_body_util::BodyExt;
-    let (mut parts, body) = request.into_parts();
-    let host = parts.uri.host().ok_or("the endpoint has no host")?.trim_matches(['[', ']']).to_owned();
-    let tls = parts.uri.scheme_str() == Some("https");
-    let port = parts.uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let authority = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-    let mut sender = if tls {
-        let secured = crate::upstream::tls::UpstreamTls::system()?.connect(stream, &host).await?;
-        start(secured).await?
-    } else {
-        start(stream).await?
-    };
-    parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse()?;
-    parts.headers.insert(http::header::HOST, http::HeaderValue::from_str(&authority)?);
-    let response = sender.send_request(Request::from_parts(parts, http_body_util::Full::new(body))).await?;
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
-    Ok(Response::from_parts(parts, body))
-}
-
-async fn start<I>(
-    io: I,
-) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>, opentelemetry_http::HttpError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
+    Ok(crate::upstream::fetch::send(request, MAX_RESPONSE_BYTES).await?)
 }
 
 /// The span of one sampled request, filled in as the request goes, exported when it ends.

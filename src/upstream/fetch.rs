@@ -1,11 +1,11 @@
-//! A small HTTP/1.1 GET for the gateway's own needs (JWKS documents and the like), with a timeout
-//! and a size cap. Not on the proxying path.
+//! Small HTTP/1.1 exchanges for the gateway's own needs — a GET of a JWKS document, a POST of a
+//! span export — with a size cap, over TLS for https:// URLs. Not on the proxying path.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -19,13 +19,30 @@ pub async fn get(url: &str, timeout: Duration, max_bytes: usize) -> Result<Bytes
 }
 
 async fn get_inner(url: &str, max_bytes: usize) -> Result<Bytes, String> {
-    let uri: Uri = url.parse().map_err(|_| format!("\"{url}\" is not a URL"))?;
-    let tls = match uri.scheme_str() {
+    let request = Request::get(url)
+        .header(header::ACCEPT, "application/json")
+        .header(header::USER_AGENT, concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+        .body(Bytes::new())
+        .map_err(|e| format!("cannot build a request for {url}: {e}"))?;
+    let response = send(request, max_bytes).await?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    Ok(response.into_body())
+}
+
+/// Sends `request` (its URI absolute: `http://` or `https://`, verified against the system's
+/// roots) on a connection of its own, and reads the answer whole, up to `max_bytes`. For the
+/// gateway's own occasional calls (JWKS documents, span exports), not the proxying path.
+pub async fn send(request: Request<Bytes>, max_bytes: usize) -> Result<http::Response<Bytes>, String> {
+    let (mut parts, body) = request.into_parts();
+    let url = parts.uri.to_string();
+    let tls = match parts.uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("\"{url}\": only http:// and https:// URLs can be fetched")),
+        _ => return Err(format!("\"{url}\": only http:// and https:// URLs can be reached")),
     };
-    let authority = uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?.clone();
+    let authority = parts.uri.authority().ok_or_else(|| format!("\"{url}\" has no host"))?.clone();
     let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let stream =
@@ -36,29 +53,25 @@ async fn get_inner(url: &str, max_bytes: usize) -> Result<Bytes, String> {
             .connect(stream, &host)
             .await
             .map_err(|e| format!("TLS to {url} failed: {e}"))?;
-        start(secured, url).await?
+        start(secured, &url).await?
     } else {
-        start(stream, url).await?
+        start(stream, &url).await?
     };
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let request = Request::get(path)
-        .header(header::HOST, authority.as_str())
-        .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("cannot build a request for {url}: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("fetching {url} failed: {e}"))?;
-    if response.status() != StatusCode::OK {
-        return Err(format!("{url} answered {}", response.status()));
-    }
-    let body = Limited::new(response.into_body(), max_bytes)
-        .collect()
+    // HTTP/1.1 in origin form, the authority in Host.
+    parts.uri =
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).parse().map_err(|_| format!("{url}: bad path"))?;
+    let host_value = http::HeaderValue::from_str(authority.as_str()).map_err(|_| format!("{url}: bad host"))?;
+    parts.headers.insert(header::HOST, host_value);
+    let response = sender
+        .send_request(Request::from_parts(parts, Full::new(body)))
         .await
-        .map_err(|e| format!("reading {url} failed: {e}"))?;
-    Ok(body.to_bytes())
+        .map_err(|e| format!("{url} failed: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, max_bytes).collect().await.map_err(|e| format!("reading {url} failed: {e}"))?;
+    Ok(http::Response::from_parts(parts, body.to_bytes()))
 }
 
-async fn start<I>(io: I, url: &str) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String>
+async fn start<I>(io: I, url: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
