@@ -34,10 +34,7 @@ impl Service {
         let parsed = HttpUrl::parse(url)?;
         let scheme = if parsed.tls { "https" } else { "http" };
         let key = format!("{kind}:{scheme}://{}:{}", parsed.host, parsed.port);
-        let mut endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
-        if parsed.tls && parsed.port == 443 {
-            endpoint.authority = http::HeaderValue::from_str(&parsed.host).unwrap_or(endpoint.authority);
-        }
+        let endpoint = Endpoint::new(url, &parsed.host, parsed.port, 1, registry.endpoint(&key));
         let target = Uri::from(parsed.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
         let pool = PoolSettings { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) };
         let endpoint = Arc::new(endpoint);

@@ -448,13 +448,14 @@ fn client_cert_headers(
     names: &crate::transport::tls::ClientHeaders,
     identity: Option<&crate::transport::tls::ClientIdentity>,
 ) {
-    for (name, value) in
-        [(&names.subject, identity.map(|i| i.subject.clone())), (&names.sans, identity.map(|i| i.sans.join(",")))]
-    {
+    for (name, value) in [
+        (&names.subject, identity.and_then(|i| i.subject.as_ref())),
+        (&names.sans, identity.and_then(|i| i.sans.as_ref())),
+    ] {
         let Some(name) = name else { continue };
         headers.remove(name);
-        if let Some(value) = value.filter(|v| !v.is_empty()).and_then(|v| HeaderValue::from_str(&v).ok()) {
-            headers.insert(name.clone(), value);
+        if let Some(value) = value {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

@@ -269,19 +269,21 @@ fn watch(store: Weak<CertStore>, interval: Duration) {
 /// What a verified client certificate says about its holder (mTLS on a listener).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// The subject as an RFC 4514 string: `CN=client-a,O=Acme`.
-    pub subject: String,
-    /// DNS names and URIs of the subjectAltName.
-    pub sans: Vec<String>,
+    /// The subject as an RFC 4514 string (`CN=client-a,O=Acme`), ready as a header value.
+    pub subject: Option<http::HeaderValue>,
+    /// DNS names and URIs of the subjectAltName, comma-separated, ready as a header value.
+    pub sans: Option<http::HeaderValue>,
 }
 
 impl ClientIdentity {
-    /// From the leaf certificate a client presented (and rustls verified).
+    /// From the leaf certificate a client presented (and rustls verified): built once per
+    /// connection, copied onto each of its requests.
     pub fn of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<ClientIdentity> {
         let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-        let subject = rfc4514(parsed.subject()).unwrap_or_default();
-        let sans = parsed.valid_dns_names().chain(parsed.valid_uri_names()).map(str::to_owned).collect();
-        Some(ClientIdentity { subject, sans })
+        let value = |text: String| (!text.is_empty()).then(|| http::HeaderValue::from_str(&text).ok()).flatten();
+        let subject = value(rfc4514(parsed.subject()).unwrap_or_default());
+        let sans: Vec<&str> = parsed.valid_dns_names().chain(parsed.valid_uri_names()).collect();
+        Some(ClientIdentity { subject, sans: value(sans.join(",")) })
     }
 }
 

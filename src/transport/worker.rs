@@ -258,7 +258,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let snap = proxy.snapshot.load();
-    let server = snap.server.clone();
+    let server = ConnLimits::of(&snap.server);
     let Some(settings) = snap.listeners.get(listener) else { return };
     let (tls, http2) = (settings.tls.clone(), settings.http2);
     drop(snap);
@@ -340,7 +340,30 @@ async fn sniff_preface(stream: &mut TcpStream) -> std::io::Result<(bool, bytes::
 
 /// HTTP/2 settings: streams per connection and header list size from the limits; hyper's own
 /// defences against rapid reset (a cap on streams reset before they are answered) stay on.
-fn h2_builder(server: &ServerSettings) -> http2::Builder<TokioExecutor> {
+/// What a connection needs of the server settings, copied out of the snapshot (the settings
+/// themselves hold lists and handles a connection has no use for).
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_uri_length: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
+    max_concurrent_streams: u32,
+}
+
+impl ConnLimits {
+    fn of(server: &ServerSettings) -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: server.header_read_timeout,
+            max_uri_length: server.max_uri_length,
+            max_header_bytes: server.max_header_bytes,
+            max_headers: server.max_headers,
+            max_concurrent_streams: server.max_concurrent_streams,
+        }
+    }
+}
+
+fn h2_builder(server: &ConnLimits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     let head_limit = (server.max_uri_length + server.max_header_bytes).saturating_mul(2) + 1024;
     builder
@@ -354,7 +377,7 @@ fn h2_builder(server: &ServerSettings) -> http2::Builder<TokioExecutor> {
 
 /// hyper's parser limits sit above the configured ones, so that requests just over a limit get the
 /// JSON error from the proxy; far bigger ones are stopped by hyper before they are buffered.
-fn h1_builder(server: &ServerSettings) -> http1::Builder {
+fn h1_builder(server: &ConnLimits) -> http1::Builder {
     let mut builder = http1::Builder::new();
     let head_limit = (server.max_uri_length + server.max_header_bytes).saturating_mul(2) + 1024;
     builder.keep_alive(true).max_header_size(head_limit).max_buf_size(head_limit.max(8192) + 8192);

@@ -166,22 +166,23 @@ async fn probe_inner(
     match tls {
         Some(tls) => {
             let stream = tls.connect(stream, host).await.map_err(|e| format!("TLS: {e}"))?;
-            exchange(stream, host, port, kind).await
+            exchange(stream, &super::authority_of(host, port, true), kind).await
         }
-        None => exchange(stream, host, port, kind).await,
+        None => exchange(stream, &super::authority_of(host, port, false), kind).await,
     }
 }
 
 /// The HTTP or gRPC check over a connected stream.
-async fn exchange<I>(stream: I, host: &str, port: u16, kind: &CheckKind) -> Result<(), String>
+/// `endpoint` is the endpoint's own Host header (a check's `host` replaces it).
+async fn exchange<I>(stream: I, endpoint: &str, kind: &CheckKind) -> Result<(), String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (path, host_header, statuses, body_contains) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Grpc { service, authority } => {
-            let authority = authority.clone().unwrap_or_else(|| super::authority_of(host, port));
-            return grpc::check(stream, &authority, service).await;
+            let authority = authority.as_deref().unwrap_or(endpoint);
+            return grpc::check(stream, authority, service).await;
         }
         CheckKind::Http { path, host, statuses, body_contains } => (path, host, statuses, body_contains),
     };
@@ -190,7 +191,7 @@ where
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let authority = host_header.clone().unwrap_or_else(|| super::authority_of(host, port));
+    let authority = host_header.as_deref().unwrap_or(endpoint);
     let request = Request::get(path.as_str())
         .header(header::HOST, authority)
         .header(header::USER_AGENT, USER_AGENT)

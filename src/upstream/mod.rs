@@ -90,9 +90,6 @@ impl Members {
             .map(|t| {
                 let url = if spec.tls { t.url.replacen("http://", "https://", 1) } else { t.url.clone() };
                 let mut endpoint = Endpoint::new(&url, &t.host, t.port, t.weight, registry.endpoint(&url));
-                if spec.tls && t.port == 443 && t.authority.is_none() {
-                    endpoint.authority = HeaderValue::from_str(&bracketed(&t.host)).unwrap_or(endpoint.authority);
-                }
                 if let Some(authority) = t.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
                     endpoint.authority = authority;
                 }
@@ -147,10 +144,11 @@ pub fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]").into() } else { host.into() }
 }
 
-/// The Host header of `host` and `port`: `host:port`, or `host` alone for port 80.
-pub fn authority_of(host: &str, port: u16) -> String {
+/// The Host header of `host` and `port`: `host:port`, or `host` alone for the scheme's default
+/// port (80, or 443 with `tls`).
+pub fn authority_of(host: &str, port: u16, tls: bool) -> String {
     let host = bracketed(host);
-    if port == 80 { host.into_owned() } else { format!("{host}:{port}") }
+    if port == if tls { 443 } else { 80 } { host.into_owned() } else { format!("{host}:{port}") }
 }
 
 /// An endpoint as the config writes it: an `http://host[:port]` URL without path, and a weight.
@@ -317,9 +315,10 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint at `host` (IPv6 in brackets) and `port`; `url` is kept for logs.
+    /// An endpoint at `host` (IPv6 in brackets) and `port`; `url` is kept for logs, and its
+    /// scheme says which port is the default one (left out of the Host header).
     pub fn new(url: &str, host: &str, port: u16, weight: u32, state: Arc<EndpointState>) -> Endpoint {
-        let authority = authority_of(host, port);
+        let authority = authority_of(host, port, url.starts_with("https://"));
         Endpoint {
             url: Arc::from(url),
             host: Arc::from(host.trim_start_matches('[').trim_end_matches(']')),
@@ -478,10 +477,13 @@ mod tests {
 
     #[test]
     fn authorities_bracket_ipv6_and_leave_out_port_80() {
-        assert_eq!(authority_of("users.internal", 80), "users.internal");
-        assert_eq!(authority_of("10.0.0.1", 50051), "10.0.0.1:50051");
-        assert_eq!(authority_of("::1", 8080), "[::1]:8080");
-        assert_eq!(authority_of("[::1]", 8080), "[::1]:8080", "already bracketed");
+        assert_eq!(authority_of("users.internal", 80, false), "users.internal");
+        assert_eq!(authority_of("users.internal", 443, true), "users.internal");
+        assert_eq!(authority_of("users.internal", 443, false), "users.internal:443");
+        assert_eq!(authority_of("users.internal", 80, true), "users.internal:80");
+        assert_eq!(authority_of("10.0.0.1", 50051, false), "10.0.0.1:50051");
+        assert_eq!(authority_of("::1", 8080, false), "[::1]:8080");
+        assert_eq!(authority_of("[::1]", 8080, false), "[::1]:8080", "already bracketed");
         // An endpoint's Host header is the same whether its address was written or discovered.
         let written = Endpoint::new("http://[::1]:81", "[::1]", 81, 1, Arc::new(EndpointState::new(1)));
         assert_eq!(written.authority, "[::1]:81");
