@@ -79,15 +79,11 @@ impl Service {
     }
 
     async fn exchange(&self, request: Request<UpstreamBody>, max_body: usize) -> Result<Answer, String> {
-        let (response, checkout) =
-            client::send(&self.upstream, &self.endpoint, request).await.map_err(|e| e.to_string())?;
+        let response = client::send(&self.upstream, &self.endpoint, request).await.map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, max_body).collect().await {
-            Ok(collected) => {
-                // Read to the end: the connection can serve the next call.
-                checkout.release();
-                Some(collected.to_bytes())
-            }
+            // Read to the end: the connection serves the next call.
+            Ok(collected) => Some(collected.to_bytes()),
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => None,
             Err(e) => return Err(format!("reading the answer failed: {e}")),
         };

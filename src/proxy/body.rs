@@ -3,8 +3,9 @@
 //! `UpstreamBody` is what gatehouse sends upstream: nothing, fixed bytes, or the client's body
 //! streaming through. `ProxyBody` is what the client receives: fixed bytes (errors, direct responses)
 //! or the upstream's body streaming through. When a `ProxyBody` ends or is dropped it finishes the
-//! request: the pooled upstream connection goes back to the pool if the body was read to its end,
-//! the connection's deadline state learns the request is over, and the request log is written.
+//! request: the connection's deadline state learns the request is over, and the request log is
+//! written. (The upstream connection went back to the pool as soon as its body's last byte was
+//! read, or is closed with the body if it was not.)
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::telemetry::RequestLog;
-use crate::upstream::pool::Checkout;
+use crate::upstream::client::ResponseBody;
 
 /// An error while streaming a body through the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,11 @@ pub enum BodyError {
     #[error("client body: {0}")]
     Client(hyper::Error),
     #[error("upstream body: {0}")]
-    Upstream(hyper::Error),
+    Upstream(crate::upstream::client::BoxError),
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the request body does not match its Content-Length")]
+    Length,
 }
 
 // === impl UpstreamBody ===
@@ -109,7 +112,7 @@ pub struct ProxyBody {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Upstream { body: Incoming, checkout: Option<Checkout>, web: Option<Box<super::grpc::Web>> },
+    Upstream { body: ResponseBody, web: Option<Box<super::grpc::Web>> },
 }
 
 /// What happens when the response is over.
@@ -133,14 +136,14 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Full(Some(bytes)), sent: 0, finish: None }
     }
 
-    /// The upstream's body; `checkout` goes back to the pool if the body is read to its end.
-    pub fn upstream(body: Incoming, checkout: Checkout) -> ProxyBody {
-        ProxyBody { kind: Kind::Upstream { body, checkout: Some(checkout), web: None }, sent: 0, finish: None }
+    /// The upstream's body.
+    pub fn upstream(body: ResponseBody) -> ProxyBody {
+        ProxyBody { kind: Kind::Upstream { body, web: None }, sent: 0, finish: None }
     }
 
     /// The upstream's gRPC answer, translated frame by frame for a gRPC-Web client.
-    pub fn grpc_web(body: Incoming, checkout: Checkout, web: super::grpc::Web) -> ProxyBody {
-        let kind = Kind::Upstream { body, checkout: Some(checkout), web: Some(Box::new(web)) };
+    pub fn grpc_web(body: ResponseBody, web: super::grpc::Web) -> ProxyBody {
+        let kind = Kind::Upstream { body, web: Some(Box::new(web)) };
         ProxyBody { kind, sent: 0, finish: None }
     }
 
@@ -156,13 +159,6 @@ impl ProxyBody {
     }
 
     fn complete(&mut self, clean: bool) {
-        if let Kind::Upstream { checkout, body, .. } = &mut self.kind {
-            if let Some(checkout) = checkout.take() {
-                if clean && body.is_end_stream() {
-                    checkout.release();
-                }
-            }
-        }
         if let Some(finish) = self.finish.take() {
             finish.log.finish(self.sent, clean);
         }
@@ -223,8 +219,8 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may never poll a body that reports end-of-stream up front (204, HEAD, empty
         // bodies), and drops it after the last frame: either way the request ends here. A body that
-        // is dropped before its end means the client went away: the upstream connection is then in
-        // an unknown state and is not reused.
+        // is dropped before its end means the client went away (the upstream connection, in the
+        // middle of a message, is closed with it).
         let clean = self.is_end_stream();
         self.complete(clean);
     }

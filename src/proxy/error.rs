@@ -235,7 +235,7 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::ConnectTimeout { .. } => ProxyError::UpstreamConnectTimeout,
             UpstreamError::ResponseTimeout { after, .. } => ProxyError::UpstreamTimeout(after),
             UpstreamError::TooManyConnecting { upstream } => ProxyError::UpstreamOverloaded(upstream),
-            UpstreamError::Exchange { ref source, .. } => match client_body_failure(source) {
+            UpstreamError::Exchange { ref source, .. } => match client_body_failure(&**source) {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge { limit: *limit },
                 Some(_) => ProxyError::BadRequest("the request body is malformed or was cut off".into()),
                 None => ProxyError::UpstreamFailed(err.to_string()),
@@ -257,8 +257,8 @@ fn www_authenticate(error: Option<&str>, description: &str) -> HeaderValue {
 
 /// The client body's error, when an exchange failed because of it (bad chunking, the client went
 /// away, the body was too large) rather than because of the upstream.
-fn client_body_failure(err: &hyper::Error) -> Option<&BodyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+fn client_body_failure<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    let mut source = Some(err);
     while let Some(e) = source {
         if let Some(body_error) = e.downcast_ref::<BodyError>() {
             return Some(body_error);

@@ -20,8 +20,7 @@ use crate::state::UpstreamHost;
 use crate::telemetry::RequestLog;
 use crate::transport::clock;
 use crate::upstream::breaker::Refusal;
-use crate::upstream::client::{self, UpstreamError};
-use crate::upstream::pool::Checkout;
+use crate::upstream::client::{self, ResponseBody, UpstreamError};
 use crate::upstream::{InFlight, Pick, Upstream};
 
 use super::body::UpstreamBody;
@@ -44,7 +43,7 @@ impl Tries<'_> {
         parts: Parts,
         body: UpstreamBody,
         log: &mut RequestLog,
-    ) -> Result<(Response<Incoming>, Checkout, InFlight), ProxyError> {
+    ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
         let upstream = self.upstream;
         let retry = &upstream.retry;
         upstream.budget.request();
@@ -128,30 +127,28 @@ impl Tries<'_> {
             let upstreams_fault = |e: &ProxyError| e.source() == ErrorSource::Upstream;
             if let (Some((child, method, target)), Some(span)) = (traced, log.span()) {
                 let outcome = match &result {
-                    Ok((response, _)) => Ok(response.status().as_u16()),
+                    Ok(response) => Ok(response.status().as_u16()),
                     Err((error, ..)) => Err(error.code()),
                 };
                 span.finish_try(child, &method, &endpoint, &target, outcome, attempt);
             }
             if upstream.breaker.is_some() {
                 let failed = match &result {
-                    Ok((response, _)) => response.status().is_server_error(),
+                    Ok(response) => response.status().is_server_error(),
                     Err((error, ..)) => upstreams_fault(error),
                 };
                 in_flight.finish(failed, clock::tick());
             }
             if let Some(metrics) = &upstream.metrics {
                 match &result {
-                    Ok((response, _)) => {
-                        metrics.tried(Some(response.status().as_u16()), started.elapsed().as_secs_f64())
-                    }
+                    Ok(response) => metrics.tried(Some(response.status().as_u16()), started.elapsed().as_secs_f64()),
                     Err((error, ..)) if upstreams_fault(error) => metrics.tried(None, 0.0),
                     // The client's body broke, or the gateway's own cap refused: not the upstream's.
                     Err(_) => {}
                 }
             }
             match result {
-                Ok((response, checkout)) => {
+                Ok(response) => {
                     let done_ms = clock::now_ms();
                     endpoint.state.latency.observe(started.elapsed().as_nanos() as u64, done_ms);
                     let status = response.status();
@@ -162,10 +159,10 @@ impl Tries<'_> {
                         && retry.on_statuses.contains(&status)
                         && upstream.budget.try_retry();
                     if !again {
-                        return Ok((response, checkout, in_flight));
+                        return Ok((response, in_flight));
                     }
                     // The response is dropped unread: its connection is closed, not pooled.
-                    drop((response, checkout, in_flight));
+                    drop((response, in_flight));
                     tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.url, %status, "retrying");
                 }
                 Err((proxy_error, connect, timeout, back)) => {
@@ -275,10 +272,9 @@ pub fn mirror(mirror: &crate::state::Mirror, parts: &Parts, body: &UpstreamBody)
         if let Some(endpoint) = upstream.select(Pick { now_ms, ..Pick::default() }) {
             request.headers_mut().insert(header::HOST, endpoint.authority.clone());
             let exchange = async {
-                if let Ok((response, checkout)) = client::send(&upstream, &endpoint, request).await {
-                    if response.into_body().collect().await.is_ok() {
-                        checkout.release();
-                    }
+                if let Ok(response) = client::send(&upstream, &endpoint, request).await {
+                    // Read to the end, the connection goes back to the pool.
+                    let _ = response.into_body().collect().await;
                 }
             };
             // The response head is bounded by the upstream's timeout; the body by this.

@@ -403,7 +403,7 @@ impl Exchange<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (response, checkout, in_flight) = match limit {
+        let (response, in_flight) = match limit {
             Some(limit) => match tokio::time::timeout_at((self.start + limit).into(), exchange).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ProxyError::RouteTimeout(limit)),
@@ -426,7 +426,7 @@ impl Exchange<'_> {
                 return Err(ProxyError::UpstreamFailed("the upstream switched protocols unasked".into()));
             };
             let hold = self.conn.state.hold_connection();
-            upgrade.switch(&mut parts, upstream_protocol, checkout, server.websocket_idle, hold);
+            upgrade.switch(&mut parts, upstream_protocol, server.websocket_idle, hold);
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
         if let Some(web) = web {
@@ -435,10 +435,10 @@ impl Exchange<'_> {
             if answered_grpc {
                 parts.headers.insert(header::CONTENT_TYPE, web.client_type.clone());
                 parts.headers.remove(header::CONTENT_LENGTH);
-                return Ok(Response::from_parts(parts, ProxyBody::grpc_web(body, checkout, web)));
+                return Ok(Response::from_parts(parts, ProxyBody::grpc_web(body, web)));
             }
         }
-        Ok(Response::from_parts(parts, ProxyBody::upstream(body, checkout)))
+        Ok(Response::from_parts(parts, ProxyBody::upstream(body)))
     }
 }
 

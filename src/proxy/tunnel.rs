@@ -13,6 +13,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::upstream::h1::{Conn, Upgraded};
+
 /// Whether a request asks to become a WebSocket: `GET`, HTTP/1.1, `Connection: upgrade` and
 /// `Upgrade: websocket` (names and tokens without case).
 pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
@@ -48,25 +50,21 @@ impl Upgrade {
     }
 
     /// The upstream agreed (`101`): joins the two connections on a task of their own, and puts the
-    /// upgrade headers back on the response for the client. `keep` (the upstream connection's
-    /// handle) lives until the upstream's side is handed over.
-    pub fn switch<K: Send + 'static>(
+    /// upgrade headers back on the response for the client.
+    pub fn switch(
         self,
         response: &mut http::response::Parts,
         upstream_protocol: Option<HeaderValue>,
-        keep: K,
         idle: Duration,
         hold: Option<crate::transport::conn::ConnectionHold>,
     ) {
-        let Some(upstream) = response.extensions.remove::<OnUpgrade>() else { return };
+        let Some(upstream) = response.extensions.remove::<Upgraded>().and_then(|u| u.take()) else { return };
         response.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         response.headers.insert(header::UPGRADE, upstream_protocol.unwrap_or(self.protocol));
         let client = self.client;
         tokio::spawn(async move {
-            let joined = tokio::try_join!(client, upstream);
-            drop(keep);
-            match joined {
-                Ok((client, upstream)) => relay(client, upstream, idle).await,
+            match client.await {
+                Ok(client) => relay(client, upstream, idle).await,
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
             }
             drop(hold);
@@ -74,11 +72,11 @@ impl Upgrade {
     }
 }
 
-async fn relay(client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded, idle: Duration) {
+async fn relay(client: hyper::upgrade::Upgraded, upstream: Conn, idle: Duration) {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Watched { io: TokioIo::new(client), last: last.clone(), start };
-    let mut upstream = Watched { io: TokioIo::new(upstream), last: last.clone(), start };
+    let mut upstream = Watched { io: upstream, last: last.clone(), start };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     let watch = async {
         let step = (idle / 4).max(Duration::from_millis(10));

@@ -1,25 +1,67 @@
 //! Sending one request to one endpoint over a pooled HTTP/1.1 connection (request path step 7).
 //!
-//! A pooled connection is tried first; if it turns out to be closed before the request was written
-//! (the upstream closed it while idle), the request is given back by hyper untouched and goes to the
-//! next pooled connection or a new one, so a stale pool never fails a request. New connections are
-//! made with the upstream's connect timeout, trying each resolved address in turn.
+//! HTTP/1.1 goes through gatehouse's own client (`h1`); HTTP/2 upstreams through hyper's. A pooled
+//! connection is tried first; if it turns out to have been closed by the upstream while idle, the
+//! request goes to the next pooled connection or a new one, so a stale pool never fails a request.
+//! New connections are made with the upstream's connect timeout, trying each resolved address in
+//! turn.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::proxy::body::UpstreamBody;
 
-use super::pool::{self, Checkout, Sender, Sender2};
+use super::h1::{self, Io};
+use super::pool::{self, Sender2};
 use super::tls::UpstreamTls;
 use super::{Endpoint, Upstream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream's response body: read from an HTTP/1.1 connection by gatehouse's own client, or
+/// a stream of an HTTP/2 connection.
+pub enum ResponseBody {
+    H1(h1::Body),
+    H2(Incoming),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::H1(body) => body.is_end_stream(),
+            ResponseBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::H1(body) => body.size_hint(),
+            ResponseBody::H2(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Why an upstream exchange failed; the proxy maps these to 502/504.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +71,7 @@ pub enum UpstreamError {
     #[error("connecting to {endpoint} timed out")]
     ConnectTimeout { endpoint: String },
     #[error("upstream {endpoint} failed: {source}")]
-    Exchange { endpoint: String, source: hyper::Error },
+    Exchange { endpoint: String, source: BoxError },
     #[error("upstream {endpoint} sent no response head within {after:?}")]
     ResponseTimeout { endpoint: String, after: Duration },
     #[error("upstream {upstream} has circuit_breaker.max_pending connections being opened")]
@@ -48,18 +90,18 @@ pub async fn send(
     upstream: &Upstream,
     endpoint: &Endpoint,
     request: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
+) -> Result<Response<ResponseBody>, UpstreamError> {
     send_or_return(upstream, endpoint, request, TryTimeouts::default()).await.map_err(|(e, _)| e)
 }
 
-/// `send`, giving the request back when no connection could be made (nothing was sent: it can go
-/// to another endpoint, body and all). `timeouts` replace the upstream's where set.
+/// `send`, giving the request back when nothing of it was sent (it can go to another endpoint,
+/// body and all). `timeouts` replace the upstream's where set.
 pub async fn send_or_return(
     upstream: &Upstream,
     endpoint: &Endpoint,
     mut request: Request<UpstreamBody>,
     timeouts: TryTimeouts,
-) -> Result<(Response<Incoming>, Checkout), (UpstreamError, Option<Request<UpstreamBody>>)> {
+) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<UpstreamBody>>)> {
     let connect_timeout = timeouts.connect.unwrap_or(upstream.connect_timeout);
     let head_timeout = timeouts.response_header.unwrap_or(upstream.response_header_timeout);
     let key = endpoint.state.id;
@@ -67,17 +109,15 @@ pub async fn send_or_return(
     if upstream.http2 {
         return send_h2(upstream, endpoint, request, connect_timeout, head_timeout).await;
     }
-    while let Some(mut sender) = pool::take(key) {
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
-            Ok(response) => return Ok((response, Checkout::new(key, sender, upstream.pool))),
-            Err(mut err) => match err.take_message() {
-                // Not written: the connection died while idle. Try the next one.
-                Some(back) => request = back,
-                None => return Err((exchange_error(endpoint, err.into_error()), None)),
-            },
+    let release = h1::Release { key, settings: upstream.pool };
+    // Pooled connections first. One the upstream closed while it was idle (found out only once
+    // the request is on its way) passes the request on to the next, or to a new connection.
+    while let Some(conn) = pool::take(key) {
+        match timed(head_timeout, endpoint, h1::exchange(conn, &mut request, release)).await {
+            Err(timeout) => return Err((timeout, None)),
+            Ok(Ok(response)) => return Ok(response.map(ResponseBody::H1)),
+            Ok(Err(failure)) if failure.stale => continue,
+            Ok(Err(failure)) => return Err(h1_failure(endpoint, failure, request)),
         }
     }
     let pending = match upstream.breaker.as_ref().map(|b| b.connecting()) {
@@ -88,22 +128,26 @@ pub async fn send_or_return(
         Some(Ok(pending)) => pending,
         None => None,
     };
-    let connected = connect(endpoint, connect_timeout, upstream.tls.as_deref()).await;
+    let connected = dial(endpoint, connect_timeout, upstream.tls.as_deref()).await;
     drop(pending);
-    let mut sender = match connected {
-        Ok(sender) => sender,
+    let conn = match connected {
+        Ok(io) => h1::Conn::new(io),
         Err(e) => return Err((e, Some(request))),
     };
-    if let Err(source) = sender.ready().await {
-        return Err((exchange_error(endpoint, source), Some(request)));
+    match timed(head_timeout, endpoint, h1::exchange(conn, &mut request, release)).await {
+        Err(timeout) => Err((timeout, None)),
+        Ok(Ok(response)) => Ok(response.map(ResponseBody::H1)),
+        Ok(Err(failure)) => Err(h1_failure(endpoint, failure, request)),
     }
-    match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
-        Ok(response) => Ok((response, Checkout::new(key, sender, upstream.pool))),
-        Err(mut err) => {
-            let back = err.take_message();
-            Err((exchange_error(endpoint, err.into_error()), back))
-        }
-    }
+}
+
+fn h1_failure(
+    endpoint: &Endpoint,
+    failure: h1::Failure,
+    request: Request<UpstreamBody>,
+) -> (UpstreamError, Option<Request<UpstreamBody>>) {
+    let back = (!failure.written).then_some(request);
+    (UpstreamError::Exchange { endpoint: endpoint.url.to_string(), source: Box::new(failure.error) }, back)
 }
 
 /// `send_or_return` to an HTTP/2 upstream: the request becomes a stream of the worker's
@@ -114,7 +158,7 @@ async fn send_h2(
     mut request: Request<UpstreamBody>,
     connect_timeout: Duration,
     head_timeout: Duration,
-) -> Result<(Response<Incoming>, Checkout), (UpstreamError, Option<Request<UpstreamBody>>)> {
+) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<UpstreamBody>>)> {
     let key = endpoint.state.id;
     // HTTP/2 names the target in :scheme and :authority, taken from an absolute URI.
     let scheme = if upstream.tls.is_some() { "https" } else { "http" };
@@ -157,7 +201,7 @@ async fn send_h2(
         return Err((exchange_error(endpoint, source), Some(request)));
     }
     match timed(head_timeout, endpoint, sender.try_send_request(request)).await.map_err(|e| (e, None))? {
-        Ok(response) => Ok((response, Checkout::shared(key, upstream.pool))),
+        Ok(response) => Ok(response.map(ResponseBody::H2)),
         Err(mut err) => {
             let back = err.take_message();
             Err((exchange_error(endpoint, err.into_error()), back))
@@ -171,8 +215,8 @@ async fn connect_h2(
     tls: Option<&UpstreamTls>,
 ) -> Result<Sender2, UpstreamError> {
     match dial(endpoint, timeout, tls).await? {
-        Stream::Plain(stream) => handshake_h2(endpoint, stream).await,
-        Stream::Tls(stream) => {
+        Io::Plain(stream) => handshake_h2(endpoint, stream).await,
+        Io::Tls(stream) => {
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 let source = io::Error::other("the upstream did not agree to HTTP/2 (ALPN h2)");
                 return Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source });
@@ -209,26 +253,12 @@ async fn timed<T>(limit: Duration, endpoint: &Endpoint, exchange: impl Future<Ou
 }
 
 fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {
-    UpstreamError::Exchange { endpoint: endpoint.url.to_string(), source }
-}
-
-/// A connection to an endpoint: the socket, or TLS over it.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// Connects (and with `tls`, completes the handshake) within `timeout`, then starts HTTP/1.1.
-async fn connect(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Sender, UpstreamError> {
-    match dial(endpoint, timeout, tls).await? {
-        Stream::Plain(stream) => handshake(endpoint, stream).await,
-        Stream::Tls(stream) => handshake(endpoint, stream).await,
-    }
+    UpstreamError::Exchange { endpoint: endpoint.url.to_string(), source: Box::new(source) }
 }
 
 /// A connection to one of the endpoint's addresses (with `tls`, its handshake done) within
 /// `timeout`.
-async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Stream, UpstreamError> {
+async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Io, UpstreamError> {
     let connect_all = async {
         let addrs = endpoint.addresses().await?;
         let mut last_error = None;
@@ -236,8 +266,8 @@ async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>)
             match connect_one(addr).await {
                 Ok(stream) => {
                     return match tls {
-                        Some(tls) => tls.connect(stream, &endpoint.host).await.map(|s| Stream::Tls(Box::new(s))),
-                        None => Ok(Stream::Plain(stream)),
+                        Some(tls) => tls.connect(stream, &endpoint.host).await.map(|s| Io::Tls(Box::new(s))),
+                        None => Ok(Io::Plain(stream)),
                     };
                 }
                 Err(e) => last_error = Some(e),
@@ -250,24 +280,6 @@ async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>)
         Ok(Err(source)) => Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
         Err(_) => Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
     }
-}
-
-async fn handshake<I>(endpoint: &Endpoint, io: I) -> Result<Sender, UpstreamError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(1024 * 1024)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| exchange_error(endpoint, source))?;
-    tokio::spawn(async move {
-        // With upgrades: a `101` hands the connection over to a WebSocket tunnel.
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(error = %err, "upstream connection closed with an error");
-        }
-    });
-    Ok(sender)
 }
 
 async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod client;
 pub mod discovery;
 pub mod fetch;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod retry;

@@ -3,25 +3,24 @@
 //! Each worker thread has its own pool (a thread-local), so taking and returning a connection is
 //! never contended. Connections are reused last-in first-out: the warmest connection serves the
 //! next request, and the coldest ones age out. A connection returns to the pool only when its
-//! response body was read to the end; anything else closes it.
+//! response body was read to the end (`h1::Body` puts it back); anything else closes it. An idle
+//! HTTP/1.1 connection is only its socket: no task, no buffer.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use hyper::client::conn::http1::SendRequest;
-
 use crate::proxy::body::UpstreamBody;
 use crate::transport::clock;
 
 use super::PoolSettings;
+use super::h1::Conn;
 
-pub type Sender = SendRequest<UpstreamBody>;
 /// An HTTP/2 connection: shared by every request to its endpoint on this worker.
 pub type Sender2 = hyper::client::conn::http2::SendRequest<UpstreamBody>;
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since_ms: u64,
     max_idle_ms: u64,
 }
@@ -56,56 +55,35 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// A connection taken for one request; `release` returns it to this thread's pool.
-pub struct Checkout {
-    key: u64,
-    /// None for a stream of a shared HTTP/2 connection: nothing to give back.
-    sender: Option<Sender>,
-    settings: PoolSettings,
-}
-
-impl Checkout {
-    pub fn new(key: u64, sender: Sender, settings: PoolSettings) -> Checkout {
-        Checkout { key, sender: Some(sender), settings }
+/// Keeps `conn`, whose last response ended cleanly, for the next request to endpoint `key`.
+pub fn put(key: u64, conn: Conn, settings: PoolSettings) {
+    let max = settings.max_idle_per_endpoint;
+    if max == 0 {
+        return;
     }
-
-    /// A stream of a shared HTTP/2 connection.
-    pub fn shared(key: u64, settings: PoolSettings) -> Checkout {
-        Checkout { key, sender: None, settings }
-    }
-
-    /// Returns the connection to the pool, if it is still usable and the pool has room.
-    pub fn release(self) {
-        let Some(sender) = self.sender else { return };
-        if sender.is_closed() || self.settings.max_idle_per_endpoint == 0 {
-            return;
+    let idle = Idle { conn, since_ms: clock::now_ms(), max_idle_ms: settings.idle_timeout.as_millis() as u64 };
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.idle.entry(key).or_default();
+        // Full: the coldest connection makes room for the warm one just released.
+        if list.len() >= max {
+            list.pop_front();
         }
-        let idle =
-            Idle { sender, since_ms: clock::now_ms(), max_idle_ms: self.settings.idle_timeout.as_millis() as u64 };
-        let max = self.settings.max_idle_per_endpoint;
-        POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let list = pool.idle.entry(self.key).or_default();
-            // Full: the coldest connection makes room for the warm one just released.
-            if list.len() >= max {
-                list.pop_front();
-            }
-            list.push_back(idle);
-        });
-    }
+        list.push_back(idle);
+    });
 }
 
-/// Takes the most recently used idle connection to endpoint `key`, if any.
-pub fn take(key: u64) -> Option<Sender> {
+/// Takes the most recently used idle connection to endpoint `key` that is still open, if any.
+pub fn take(key: u64) -> Option<Conn> {
     let now = clock::now_ms();
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.idle.get_mut(&key)?;
-        while let Some(idle) = list.pop_back() {
-            if idle.sender.is_closed() || now.saturating_sub(idle.since_ms) >= idle.max_idle_ms {
+        while let Some(mut idle) = list.pop_back() {
+            if now.saturating_sub(idle.since_ms) >= idle.max_idle_ms || !idle.conn.is_idle_open() {
                 continue;
             }
-            return Some(idle.sender);
+            return Some(idle.conn.reuse());
         }
         None
     })
@@ -147,7 +125,7 @@ pub fn purge() {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.idle.retain(|_, list| {
-            list.retain(|idle| !idle.sender.is_closed() && now.saturating_sub(idle.since_ms) < idle.max_idle_ms);
+            list.retain_mut(|idle| now.saturating_sub(idle.since_ms) < idle.max_idle_ms && idle.conn.is_idle_open());
             !list.is_empty()
         });
         pool.shared.retain(|_, sender| !sender.is_closed());

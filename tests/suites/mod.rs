@@ -31,5 +31,6 @@ mod tls;
 mod traffic_limits;
 mod upgrade;
 mod upstream_tls;
+mod upstream_wire;
 mod upstreams;
 mod websocket;
