@@ -191,7 +191,7 @@ impl Tries<'_> {
             }
             let wait = retry.backoff(attempt);
             if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+                Box::pin(tokio::time::sleep(wait)).await;
             }
         }
     }

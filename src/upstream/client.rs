@@ -107,12 +107,21 @@ pub async fn send_or_return(
     let key = endpoint.state.id;
     endpoint.state.count_request();
     if upstream.http2 {
-        return send_h2(upstream, endpoint, request, connect_timeout, head_timeout).await;
+        // Boxed, as the dial below: what is not the pooled path stays out of every request's future.
+        return Box::pin(send_h2(upstream, endpoint, request, connect_timeout, head_timeout)).await;
     }
     let release = h1::Release { key, settings: upstream.pool };
     // Pooled connections first. One the upstream closed while it was idle (found out only once
     // the request is on its way) passes the request on to the next, or to a new connection.
-    while let Some(conn) = pool::take(key) {
+    loop {
+        let conn = match pool::take(key) {
+            Some(conn) => conn,
+            // Boxed: connecting is not the usual path, and its future stays out of the request's.
+            None => match Box::pin(connect(upstream, endpoint, connect_timeout)).await {
+                Ok(conn) => conn,
+                Err(e) => return Err((e, Some(request))),
+            },
+        };
         match timed(head_timeout, endpoint, h1::exchange(conn, &mut request, release)).await {
             Err(timeout) => return Err((timeout, None)),
             Ok(Ok(response)) => return Ok(response.map(ResponseBody::H1)),
@@ -120,25 +129,16 @@ pub async fn send_or_return(
             Ok(Err(failure)) => return Err(h1_failure(endpoint, failure, request)),
         }
     }
-    let pending = match upstream.breaker.as_ref().map(|b| b.connecting()) {
-        Some(Err(_)) => {
-            let refused = UpstreamError::TooManyConnecting { upstream: upstream.name.to_string() };
-            return Err((refused, Some(request)));
-        }
+}
+
+/// A new HTTP/1.1 connection, within the breaker's `max_pending`.
+async fn connect(upstream: &Upstream, endpoint: &Endpoint, timeout: Duration) -> Result<h1::Conn, UpstreamError> {
+    let _pending = match upstream.breaker.as_ref().map(|b| b.connecting()) {
+        Some(Err(_)) => return Err(UpstreamError::TooManyConnecting { upstream: upstream.name.to_string() }),
         Some(Ok(pending)) => pending,
         None => None,
     };
-    let connected = dial(endpoint, connect_timeout, upstream.tls.as_deref()).await;
-    drop(pending);
-    let conn = match connected {
-        Ok(io) => h1::Conn::new(io),
-        Err(e) => return Err((e, Some(request))),
-    };
-    match timed(head_timeout, endpoint, h1::exchange(conn, &mut request, release)).await {
-        Err(timeout) => Err((timeout, None)),
-        Ok(Ok(response)) => Ok(response.map(ResponseBody::H1)),
-        Ok(Err(failure)) => Err(h1_failure(endpoint, failure, request)),
-    }
+    dial(endpoint, timeout, upstream.tls.as_deref()).await.map(h1::Conn::new)
 }
 
 fn h1_failure(

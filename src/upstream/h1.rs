@@ -15,7 +15,6 @@
 //! an error (502), never guessed at; a body delimited by the connection's close, or a response
 //! that came before the request was fully sent, closes the connection after it.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -252,25 +251,29 @@ pub async fn exchange(
     release: Release,
 ) -> Result<Response<Body>, Failure> {
     let outgoing = framing(request);
-    let head = encode_head(request, outgoing);
-    let mut out = VecDeque::with_capacity(4);
+    let coalesced = match request.body() {
+        UpstreamBody::Full(Some(bytes)) if bytes.len() <= COALESCE => bytes.len(),
+        _ => 0,
+    };
+    let head = encode_head(request, outgoing, coalesced);
+    let mut out = Pieces::default();
     let mut body_done = true;
     match request.body() {
         UpstreamBody::Full(Some(bytes)) if !bytes.is_empty() => {
             if bytes.len() <= COALESCE {
                 let mut both = head;
                 both.extend_from_slice(bytes);
-                out.push_back(Bytes::from(both));
+                out.push(Bytes::from(both));
             } else {
-                out.push_back(Bytes::from(head));
-                out.push_back(bytes.clone());
+                out.push(Bytes::from(head));
+                out.push(bytes.clone());
             }
         }
         UpstreamBody::Streaming { .. } => {
-            out.push_back(Bytes::from(head));
+            out.push(Bytes::from(head));
             body_done = false;
         }
-        _ => out.push_back(Bytes::from(head)),
+        _ => out.push(Bytes::from(head)),
     }
     let left = match outgoing {
         Outgoing::Length(n) if !body_done => Some(n),
@@ -333,13 +336,27 @@ fn framing(request: &Request<UpstreamBody>) -> Outgoing {
 }
 
 /// The request line and headers; `Content-Length`/`Transfer-Encoding` as `outgoing` says.
-fn encode_head(request: &Request<UpstreamBody>, outgoing: Outgoing) -> Vec<u8> {
+fn encode_head(request: &Request<UpstreamBody>, outgoing: Outgoing, extra: usize) -> Vec<u8> {
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let headers = request.headers();
-    let mut size = request.method().as_str().len() + target.len() + 40;
+    let mut digits = [0; 20];
+    let length = match outgoing {
+        Outgoing::Length(n) => itoa(n, &mut digits),
+        _ => &[],
+    };
+    // The exact size (and `extra` for a body that follows in the same buffer): a `Bytes` made
+    // from a vector with no spare capacity costs no further allocation.
+    let mut size = request.method().as_str().len() + 1 + target.len() + b" HTTP/1.1\r\n".len() + 2 + extra;
     for (name, value) in headers {
-        size += name.as_str().len() + value.len() + 4;
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            size += name.as_str().len() + 2 + value.len() + 2;
+        }
     }
+    size += match outgoing {
+        Outgoing::None => 0,
+        Outgoing::Length(_) => b"content-length: \r\n".len() + length.len(),
+        Outgoing::Chunked => b"transfer-encoding: chunked\r\n".len(),
+    };
     let mut head = Vec::with_capacity(size);
     head.extend_from_slice(request.method().as_str().as_bytes());
     head.push(b' ');
@@ -356,9 +373,9 @@ fn encode_head(request: &Request<UpstreamBody>, outgoing: Outgoing) -> Vec<u8> {
     }
     match outgoing {
         Outgoing::None => {}
-        Outgoing::Length(n) => {
+        Outgoing::Length(_) => {
             head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(itoa(n, &mut [0; 20]));
+            head.extend_from_slice(length);
             head.extend_from_slice(b"\r\n");
         }
         Outgoing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -384,7 +401,7 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 struct Exchange {
     conn: Conn,
     /// Pieces still to write.
-    out: VecDeque<Bytes>,
+    out: Pieces,
     body_done: bool,
     chunked: bool,
     /// With `Content-Length`: body bytes still to come.
@@ -396,6 +413,54 @@ struct Exchange {
     /// The buffer may hold a complete head (after a 1xx was taken off it).
     parse: bool,
     write_error: Option<io::Error>,
+}
+
+const PIECES: usize = 4;
+
+/// The bytes waiting to be written, in order: at most a head and a body, or a chunk's size line,
+/// data and CRLF (more is only queued once these are out). Kept inline: no allocation.
+#[derive(Default)]
+struct Pieces {
+    pieces: [Bytes; PIECES],
+    start: usize,
+    end: usize,
+}
+
+impl Pieces {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
+        debug_assert!(self.end < PIECES, "queued beyond the pieces' room");
+        self.pieces[self.end] = piece;
+        self.end += 1;
+    }
+
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; PIECES]) -> usize {
+        for (slice, piece) in slices.iter_mut().zip(&self.pieces[self.start..self.end]) {
+            *slice = IoSlice::new(piece);
+        }
+        self.end - self.start
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 && !self.is_empty() {
+            let front = &mut self.pieces[self.start];
+            if written >= front.len() {
+                written -= front.len();
+                *front = Bytes::new();
+                self.start += 1;
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
 }
 
 /// A parsed response head and where it ended.
@@ -448,28 +513,16 @@ impl Exchange {
     /// Writes what it can of the request; whether anything moved.
     fn poll_send(&mut self, cx: &mut Context<'_>, body: &mut UpstreamBody) -> Result<bool, Error> {
         if !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 4];
-            let n = self.out.len().min(slices.len());
-            for (slice, piece) in slices.iter_mut().zip(self.out.iter()) {
-                *slice = IoSlice::new(piece);
-            }
+            let mut slices = [IoSlice::new(&[]); PIECES];
+            let n = self.out.slices(&mut slices);
             return match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => {
                     self.write_error = Some(io::ErrorKind::WriteZero.into());
                     Ok(true)
                 }
-                Poll::Ready(Ok(mut written)) => {
+                Poll::Ready(Ok(written)) => {
                     self.written = true;
-                    while written > 0 {
-                        let front = &mut self.out[0];
-                        if written >= front.len() {
-                            written -= front.len();
-                            self.out.pop_front();
-                        } else {
-                            front.advance(written);
-                            written = 0;
-                        }
-                    }
+                    self.out.advance(written);
                     Ok(true)
                 }
                 Poll::Ready(Err(e)) => {
@@ -529,11 +582,11 @@ impl Exchange {
             *left = left.checked_sub(data.len() as u64).ok_or(Error::ClientBody(BodyError::Length))?;
         }
         if self.chunked {
-            self.out.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-            self.out.push_back(data);
-            self.out.push_back(Bytes::from_static(b"\r\n"));
+            self.out.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.out.push(data);
+            self.out.push(Bytes::from_static(b"\r\n"));
         } else {
-            self.out.push_back(data);
+            self.out.push(data);
         }
         Ok(())
     }
@@ -548,7 +601,7 @@ impl Exchange {
             end.extend_from_slice(b"\r\n");
         }
         end.extend_from_slice(b"\r\n");
-        self.out.push_back(Bytes::from(end));
+        self.out.push(Bytes::from(end));
     }
 
     /// The response with its body reader (or, for a `101`, the connection in its extensions).
@@ -589,17 +642,20 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     };
     let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Error::Head("bad status code"))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Names and value positions first: the values become slices of the head's bytes.
+    // Where the names and values are first (offsets, on the stack): the values become slices of
+    // the head's bytes, without a copy.
     let base = buf.as_ptr() as usize;
-    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Head("bad header name"))?;
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start, start + h.value.len()));
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = [name, name + h.name.len(), value, value + h.value.len()].map(|n| n as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, start, end) in fields {
+    let mut headers = HeaderMap::with_capacity(count);
+    for [name_start, name_end, start, end] in spans[..count].iter().map(|s| s.map(|n| n as usize)) {
+        let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Error::Head("bad header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| Error::Head("bad header value"))?;
         headers.append(name, value);
@@ -1075,7 +1131,11 @@ mod tests {
             }
             r
         };
-        let text = |r: &Request<UpstreamBody>| String::from_utf8(encode_head(r, framing(r))).unwrap();
+        let text = |r: &Request<UpstreamBody>| {
+            let head = encode_head(r, framing(r), 0);
+            assert_eq!(head.len(), head.capacity(), "sized exactly");
+            String::from_utf8(head).unwrap()
+        };
         let get = request(Method::GET, UpstreamBody::Empty, &[("host", "a"), ("x-two", "1"), ("x-two", "2")]);
         assert_eq!(text(&get), "GET /p?q=1 HTTP/1.1\r\nhost: a\r\nx-two: 1\r\nx-two: 2\r\n\r\n");
         let post = request(Method::POST, UpstreamBody::Empty, &[("host", "a")]);
