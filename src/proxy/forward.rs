@@ -61,69 +61,83 @@ impl Tries<'_> {
             && kept.is_some()
             && (retry.on_reset || retry.on_timeout || !retry.on_statuses.is_empty());
         let mut request = Some(Request::from_parts(parts, body));
-        let mut template: Option<(http::Method, http::Uri, http::Version, http::HeaderMap)> = None;
+        // Boxed: only a request that may be retried keeps one, and it would weigh on every
+        // request's future otherwise.
+        let mut template: Option<Box<(http::Method, http::Uri, http::Version, http::HeaderMap)>> = None;
         let mut tried: Vec<u64> = Vec::new();
         let mut attempt = 0u32;
+        let mut first_started: Option<Instant> = None;
         loop {
             let now_ms = clock::now_ms();
             let endpoint = upstream
                 .select(Pick { hash: self.hash, tried: &tried, now_ms })
                 .ok_or_else(|| ProxyError::NoEndpoint(upstream.name.to_string()))?;
             log.set_upstream(&endpoint.url);
-            let mut this_try = match request.take() {
-                Some(r) => r,
-                None => {
-                    let (method, uri, version, headers) =
-                        template.clone().ok_or(ProxyError::UpstreamFailed("no request to retry".into()))?;
-                    let body = match kept.clone().flatten() {
-                        Some(bytes) => UpstreamBody::Full(Some(bytes)),
-                        None => UpstreamBody::Empty,
-                    };
-                    let mut r = Request::new(body);
-                    *r.method_mut() = method;
-                    *r.uri_mut() = uri;
-                    *r.version_mut() = version;
-                    *r.headers_mut() = headers;
-                    r
-                }
-            };
-            set_host(this_try.headers_mut(), self.host, self.original_host, &endpoint.authority);
             let retries_left = attempt < retry.attempts;
-            if resend_head && retries_left && template.is_none() {
-                let r = &this_try;
-                template = Some((r.method().clone(), r.uri().clone(), r.version(), r.headers().clone()));
-            }
-            // The breaker reads the clock afresh: its open time is short, and the coarse clock
-            // can be a quarter of a second behind.
-            let ticket = match upstream.breaker.as_ref().map(|b| b.admit(clock::tick())) {
-                None => None,
-                Some(Ok(ticket)) => Some(ticket),
-                Some(Err(refusal)) => {
-                    return Err(match refusal {
-                        Refusal::Open => ProxyError::CircuitOpen(upstream.name.to_string()),
-                        Refusal::Overloaded => ProxyError::UpstreamOverloaded(upstream.name.to_string()),
-                    });
-                }
-            };
-            // Counted by the endpoint and the breaker until the response body has been sent, or
-            // until this future is dropped (the client went away, the route's timeout ran out).
-            let mut in_flight = InFlight::new(&endpoint.state, ticket);
-            // A traced request: this try is a span of its own, the upstream's parent.
-            let traced = log.span().map(|span| {
-                let child = span.start_try(this_try.headers_mut());
-                let target = this_try.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                (child, this_try.method().clone(), target)
-            });
+            let mut in_flight;
+            let traced;
             let started = Instant::now();
             // A failure becomes the client's answer once, here: its code, and whether it is the
             // upstream's fault (breaker, metrics, retries) or the client's (its body broke) or the
             // gateway's own cap, all follow from that one conversion.
-            let result =
-                client::send_or_return(upstream, &endpoint, this_try, self.timeouts).await.map_err(|(error, back)| {
-                    let connect = matches!(error, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. });
-                    let timeout = matches!(error, UpstreamError::ResponseTimeout { .. });
-                    (ProxyError::from(error), connect, timeout, back)
+            let result = {
+                // This try's request lives in this block only: moved into the send, it takes no
+                // room of its own in this future while the send is awaited.
+                let mut this_try = match request.take() {
+                    Some(r) => r,
+                    None => {
+                        let (method, uri, version, headers) =
+                            *template.clone().ok_or(ProxyError::UpstreamFailed("no request to retry".into()))?;
+                        let body = match kept.clone().flatten() {
+                            Some(bytes) => UpstreamBody::Full(Some(bytes)),
+                            None => UpstreamBody::Empty,
+                        };
+                        let mut r = Request::new(body);
+                        *r.method_mut() = method;
+                        *r.uri_mut() = uri;
+                        *r.version_mut() = version;
+                        *r.headers_mut() = headers;
+                        r
+                    }
+                };
+                set_host(this_try.headers_mut(), self.host, self.original_host, &endpoint.authority);
+                if resend_head && retries_left && template.is_none() {
+                    let r = &this_try;
+                    template = Some(Box::new((r.method().clone(), r.uri().clone(), r.version(), r.headers().clone())));
+                }
+                // The breaker reads the clock afresh: its open time is short, and the coarse clock
+                // can be a quarter of a second behind.
+                let ticket = match upstream.breaker.as_ref().map(|b| b.admit(clock::tick())) {
+                    None => None,
+                    Some(Ok(ticket)) => Some(ticket),
+                    Some(Err(refusal)) => {
+                        return Err(match refusal {
+                            Refusal::Open => ProxyError::CircuitOpen(upstream.name.to_string()),
+                            Refusal::Overloaded => ProxyError::UpstreamOverloaded(upstream.name.to_string()),
+                        });
+                    }
+                };
+                // Counted by the endpoint and the breaker until the response body has been sent,
+                // or until this future is dropped (the client went away, the route's timeout ran
+                // out).
+                in_flight = InFlight::new(&endpoint.state, ticket);
+                // A traced request: this try is a span of its own, the upstream's parent.
+                traced = log.span().map(|span| {
+                    let child = span.start_try(this_try.headers_mut());
+                    let target = this_try.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                    (child, this_try.method().clone(), target)
                 });
+                client::send_or_return(upstream, &endpoint, this_try, self.timeouts)
+            }
+            .await
+            .map_err(|(error, back)| {
+                let connect = matches!(error, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. });
+                let timeout = matches!(error, UpstreamError::ResponseTimeout { .. });
+                (ProxyError::from(error), connect, timeout, back)
+            });
+            // One clock reading for this try's latency (metrics, balancer) and the request's.
+            let took = started.elapsed();
+            first_started.get_or_insert(started);
             let upstreams_fault = |e: &ProxyError| e.source() == ErrorSource::Upstream;
             if let (Some((child, method, target)), Some(span)) = (traced, log.span()) {
                 let outcome = match &result {
@@ -141,7 +155,7 @@ impl Tries<'_> {
             }
             if let Some(metrics) = &upstream.metrics {
                 match &result {
-                    Ok(response) => metrics.tried(Some(response.status().as_u16()), started.elapsed().as_secs_f64()),
+                    Ok(response) => metrics.tried(Some(response.status().as_u16()), took.as_secs_f64()),
                     Err((error, ..)) if upstreams_fault(error) => metrics.tried(None, 0.0),
                     // The client's body broke, or the gateway's own cap refused: not the upstream's.
                     Err(_) => {}
@@ -150,7 +164,7 @@ impl Tries<'_> {
             match result {
                 Ok(response) => {
                     let done_ms = clock::now_ms();
-                    endpoint.state.latency.observe(started.elapsed().as_nanos() as u64, done_ms);
+                    endpoint.state.latency.observe(took.as_nanos() as u64, done_ms);
                     let status = response.status();
                     upstream.record(&endpoint, status.is_server_error(), done_ms);
                     let again = retries_left
@@ -159,6 +173,9 @@ impl Tries<'_> {
                         && retry.on_statuses.contains(&status)
                         && upstream.budget.try_retry();
                     if !again {
+                        // From the first try's start to this response's head.
+                        let first = first_started.map_or(started, |f| f.min(started));
+                        log.set_upstream_latency(started.duration_since(first) + took);
                         return Ok((response, in_flight));
                     }
                     // The response is dropped unread: its connection is closed, not pooled.

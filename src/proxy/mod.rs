@@ -389,7 +389,6 @@ impl Exchange<'_> {
         if let Some(mirror) = &route.mirror {
             forward::mirror(mirror, &parts, &body);
         }
-        let now = Instant::now();
         let tries = forward::Tries {
             upstream,
             host: &route.host,
@@ -411,7 +410,6 @@ impl Exchange<'_> {
             None => exchange.await?,
         };
         self.in_flight = Some(in_flight);
-        self.log.set_upstream_latency(now.elapsed());
 
         // 8. Response policies.
         let (mut parts, body) = response.into_parts();

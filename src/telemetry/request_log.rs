@@ -250,8 +250,11 @@ impl RequestLog {
         self.conn.end_request();
         let status = if self.status == 0 { 499 } else { self.status };
         let bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+        // One clock reading for the metrics and the log line, and none when neither is on.
+        let duration =
+            (self.metrics.is_some() || self.detail.is_some()).then(|| self.start.elapsed()).unwrap_or_default();
         if let Some(m) = &self.metrics {
-            m.record(self.side, self.method, status, self.start.elapsed().as_secs_f64(), bytes_in, bytes_out);
+            m.record(self.side, self.method, status, duration.as_secs_f64(), bytes_in, bytes_out);
             if let Some(consumer) = &self.consumer {
                 m.record_consumer(consumer, status);
             }
@@ -275,7 +278,7 @@ impl RequestLog {
             status,
             bytes_in,
             bytes_out,
-            duration: self.start.elapsed(),
+            duration,
             upstream_latency: d.upstream_latency,
             user_agent: d.user_agent.as_ref().map(HeaderValue::as_bytes),
             error: d.error.or(if complete { None } else { Some("response_incomplete") }),

@@ -122,8 +122,9 @@ pub async fn send_or_return(
                 Err(e) => return Err((e, Some(request))),
             },
         };
-        match timed(head_timeout, endpoint, h1::exchange(conn, &mut request, release)).await {
-            Err(timeout) => return Err((timeout, None)),
+        // Not `timed`: an async fn around the exchange would hold the exchange's future twice.
+        match tokio::time::timeout(head_timeout, h1::exchange(conn, &mut request, release)).await {
+            Err(_) => return Err((response_timeout(endpoint, head_timeout), None)),
             Ok(Ok(response)) => return Ok(response.map(ResponseBody::H1)),
             Ok(Err(failure)) if failure.stale => continue,
             Ok(Err(failure)) => return Err(h1_failure(endpoint, failure, request)),
@@ -247,9 +248,11 @@ where
 
 /// Bounds the wait for the response head.
 async fn timed<T>(limit: Duration, endpoint: &Endpoint, exchange: impl Future<Output = T>) -> Result<T, UpstreamError> {
-    tokio::time::timeout(limit, exchange)
-        .await
-        .map_err(|_| UpstreamError::ResponseTimeout { endpoint: endpoint.url.to_string(), after: limit })
+    tokio::time::timeout(limit, exchange).await.map_err(|_| response_timeout(endpoint, limit))
+}
+
+fn response_timeout(endpoint: &Endpoint, after: Duration) -> UpstreamError {
+    UpstreamError::ResponseTimeout { endpoint: endpoint.url.to_string(), after }
 }
 
 fn exchange_error(endpoint: &Endpoint, source: hyper::Error) -> UpstreamError {

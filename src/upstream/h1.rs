@@ -163,6 +163,9 @@ impl Conn {
     /// Reads what the socket has into the buffer (taking buffer space only once it is readable).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         ready!(self.io.poll_read_ready(cx))?;
+        if self.buf.capacity() == 0 {
+            self.buf = spare::take();
+        }
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_SIZE);
         }
@@ -176,8 +179,39 @@ impl Conn {
             // says it does. Closed.
             return None;
         }
-        self.buf = BytesMut::new();
+        spare::give(std::mem::take(&mut self.buf));
         Some(self)
+    }
+}
+
+/// Read buffers between requests: a pooled connection holds none, and the next request on this
+/// worker takes one back instead of allocating (its memory is reused in place once the bytes of
+/// the previous response read into it have been sent on and dropped).
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// At most this many are kept per worker.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> BytesMut {
+        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    pub fn give(buf: BytesMut) {
+        if buf.capacity() >= 1024 {
+            SPARE.with(|s| {
+                let mut spare = s.borrow_mut();
+                if spare.len() < KEEP {
+                    spare.push(buf);
+                }
+            });
+        }
     }
 }
 
