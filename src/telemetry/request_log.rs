@@ -252,7 +252,7 @@ impl RequestLog {
         let bytes_in = self.bytes_in.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
         // One clock reading for the metrics and the log line, and none when neither is on.
         let duration =
-            (self.metrics.is_some() || self.detail.is_some()).then(|| self.start.elapsed()).unwrap_or_default();
+            if self.metrics.is_some() || self.detail.is_some() { self.start.elapsed() } else { Duration::ZERO };
         if let Some(m) = &self.metrics {
             m.record(self.side, self.method, status, duration.as_secs_f64(), bytes_in, bytes_out);
             if let Some(consumer) = &self.consumer {
