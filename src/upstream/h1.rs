@@ -687,7 +687,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         *span = [name, name + h.name.len(), value, value + h.value.len()].map(|n| n as u32);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the headers the gateway adds to a response (request id, CORS, rate limits).
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for [name_start, name_end, start, end] in spans[..count].iter().map(|s| s.map(|n| n as usize)) {
         let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| Error::Head("bad header name"))?;
         let value =
