@@ -264,8 +264,9 @@ pub struct Failure {
     pub error: Error,
     /// Some of the request went out: it cannot go to another connection as it is, unless `stale`.
     pub written: bool,
-    /// The connection came from the pool and turned out to be closed by the upstream before it
-    /// could have acted on the request: the same request may take another connection.
+    /// The connection came from the pool and turned out to be closed by the upstream before any
+    /// answer: nothing of the request went out, or it may be sent again (an idempotent method with
+    /// its body in memory — RFC 9110 §9.2.2), so it takes another connection.
     pub stale: bool,
 }
 
@@ -323,6 +324,7 @@ pub async fn exchange(
         written: false,
         received: false,
         parse: false,
+        early: None,
         write_error: None,
     };
     let head_only = request.method() == Method::HEAD;
@@ -350,7 +352,14 @@ pub async fn exchange(
 }
 
 fn is_reset(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+    // UnexpectedEof: a TLS upstream that closed without close_notify.
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// The request's body framing, from its body and its `Content-Length`.
@@ -446,6 +455,8 @@ struct Exchange {
     received: bool,
     /// The buffer may hold a complete head (after a 1xx was taken off it).
     parse: bool,
+    /// A successful response head that came before the request was fully sent.
+    early: Option<Head>,
     write_error: Option<io::Error>,
 }
 
@@ -511,12 +522,30 @@ impl Exchange {
             if !self.sent && self.write_error.is_none() {
                 progressed |= self.poll_send(cx, body)?;
             }
+            if let Some(head) = self.early.take() {
+                // A success that came early: the upstream still reads the body (a streaming
+                // endpoint may need all of it to finish its answer), so it is sent first.
+                if self.sent || self.write_error.is_some() {
+                    return Poll::Ready(Ok(head));
+                }
+                self.early = Some(head);
+                if !progressed {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             if self.parse {
                 match parse_head(&mut self.conn.buf)? {
                     Some(head) if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS => {
                         // 100 Continue, 103 Early Hints: the final answer follows.
                         continue;
                     }
+                    Some(head) if !self.sent && head.status.is_success() => {
+                        self.early = Some(head);
+                        continue;
+                    }
+                    // Anything else ends the request here (a refusal, a redirect: the body is not
+                    // wanted); the connection is not reused.
                     Some(head) => return Poll::Ready(Ok(head)),
                     None if self.conn.buf.len() > MAX_HEAD => return Poll::Ready(Err(Error::HeadTooLarge)),
                     None => self.parse = false,
@@ -592,7 +621,14 @@ impl Exchange {
                     self.body_done = true;
                     Ok(true)
                 }
-                Poll::Pending => Ok(false),
+                Poll::Pending => {
+                    // What TLS holds back of the written pieces goes out while the body waits.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut self.conn.io).poll_flush(cx) {
+                        self.write_error = Some(e);
+                        return Ok(true);
+                    }
+                    Ok(false)
+                }
             };
         }
         match Pin::new(&mut self.conn.io).poll_flush(cx) {
@@ -720,19 +756,24 @@ fn body_framing(status: StatusCode, head_only: bool, headers: &HeaderMap) -> Res
         }
     }
     let mut last_coding: Option<&[u8]> = None;
+    let mut other_coding = false;
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         for coding in value.as_bytes().split(|b| *b == b',') {
             let coding = coding.trim_ascii();
             if !coding.is_empty() {
+                other_coding |= !coding.eq_ignore_ascii_case(b"chunked");
                 last_coding = Some(coding);
             }
         }
     }
     match (last_coding, length) {
         (Some(_), Some(_)) => Err(Error::Head("both Content-Length and Transfer-Encoding")),
-        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(Decoder::Chunked(Chunk::Size)),
-        // Another coding last: the body runs to the connection's close.
-        (Some(_), None) => Ok(Decoder::Eof),
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") && !other_coding => {
+            Ok(Decoder::Chunked(Chunk::Size))
+        }
+        // gzip and the like as a transfer coding: what the client would get is neither the body
+        // nor labelled as encoded (Transfer-Encoding is hop-by-hop). Refused, not guessed at.
+        (Some(_), None) => Err(Error::Head("a transfer coding other than chunked")),
         (None, Some(n)) => Ok(Decoder::Length(n)),
         (None, None) => Ok(Decoder::Eof),
     }
@@ -939,22 +980,22 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error>
                 *state = Chunk::Size;
             }
             Chunk::Trailers => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
-                    *state = Chunk::End;
-                    continue;
-                }
-                let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-                    if buf.len() > MAX_TRAILERS {
+                // httparse decides where the section ends (it accepts a bare LF as well): the
+                // bytes it took are exactly the bytes consumed.
+                let mut slots = [httparse::EMPTY_HEADER; 32];
+                let (taken, parsed) = match httparse::parse_headers(buf, &mut slots) {
+                    Ok(httparse::Status::Complete((taken, parsed))) => (taken, parsed),
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILERS => {
                         return Err(Error::Body("trailer section too large"));
                     }
-                    return Ok(Decoded::More);
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
+                    Err(_) => return Err(Error::Body("malformed trailers")),
                 };
-                if end + 4 > MAX_TRAILERS {
+                if taken > MAX_TRAILERS {
                     return Err(Error::Body("trailer section too large"));
                 }
-                let trailers = parse_trailers(&buf[..end + 4])?;
-                buf.advance(end + 4);
+                let trailers = trailer_map(parsed)?;
+                buf.advance(taken);
                 *state = Chunk::End;
                 if !trailers.is_empty() {
                     return Ok(Decoded::Trailers(trailers));
@@ -994,12 +1035,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     Ok(size)
 }
 
-fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; 32];
-    let parsed = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, parsed))) => parsed,
-        _ => return Err(Error::Body("malformed trailers")),
-    };
+fn trailer_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
     let mut trailers = HeaderMap::with_capacity(parsed.len());
     for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Body("bad trailer name"))?;
@@ -1074,11 +1110,7 @@ mod tests {
             ok(b"HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n", false),
             Decoder::Length(7)
         ));
-        assert!(matches!(
-            ok(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n", false),
-            Decoder::Chunked(_)
-        ));
-        assert!(matches!(ok(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", false), Decoder::Eof));
+        assert!(matches!(ok(b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n", false), Decoder::Chunked(_)));
         assert!(matches!(ok(b"HTTP/1.1 200 OK\r\n\r\n", false), Decoder::Eof));
         for no_body in [
             &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..],
@@ -1095,6 +1127,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            // Codings other than chunked would reach the client undecoded and unlabelled.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
         ] {
             assert!(framing_of(bad, false).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
@@ -1125,6 +1161,11 @@ mod tests {
         }
         let (data, trailers, ended) = dechunk(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
         assert_eq!((data.as_slice(), trailers.is_none(), ended), (&b"abc"[..], true, true));
+        // A trailer section ended by bare LFs: exactly its bytes are taken, nothing after them.
+        let mut state = Chunk::Trailers;
+        let mut buf = BytesMut::from(&b"x: 1\n\nNEXT"[..]);
+        assert!(matches!(decode_chunk(&mut state, &mut buf), Ok(Decoded::Trailers(_))));
+        assert_eq!(&buf[..], b"NEXT", "the rest stays for the framing check");
         let (_, _, ended) = dechunk(b"3\r\nabc\r\n", 1).unwrap();
         assert!(!ended, "no last chunk yet");
     }

@@ -20,11 +20,13 @@ struct Answer {
     read_body: bool,
     /// Close the connection after answering (after draining what the client still sends).
     close: bool,
+    /// Send the first piece before reading the body, the rest after it.
+    head_first: bool,
 }
 
 impl Answer {
     fn bytes(bytes: &[u8]) -> Answer {
-        Answer { pieces: vec![bytes.to_vec()], read_body: true, close: false }
+        Answer { pieces: vec![bytes.to_vec()], read_body: true, close: false, head_first: false }
     }
     fn closing(mut self) -> Answer {
         self.close = true;
@@ -103,6 +105,13 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<
             heads.len() - 1
         };
         let answer = script(n, &head);
+        let mut pieces = answer.pieces.iter();
+        if answer.head_first {
+            let first = pieces.next().expect("a first piece");
+            if stream.write_all(first).await.is_err() {
+                return;
+            }
+        }
         if answer.read_body {
             let length = head
                 .lines()
@@ -118,7 +127,7 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>, heads: Arc<Mutex<Vec<
             }
             buf.drain(..length);
         }
-        for (i, piece) in answer.pieces.iter().enumerate() {
+        for (i, piece) in pieces.enumerate() {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -182,7 +191,7 @@ async fn a_chunked_body_in_one_byte_pieces_arrives_whole_and_the_connection_is_r
     let body = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-checksum: 42\r\n\r\n";
     let upstream = WireUpstream::start(move |n, _| {
         if n == 0 {
-            Answer { pieces: body.iter().map(|b| vec![*b]).collect(), read_body: true, close: false }
+            Answer { pieces: body.iter().map(|b| vec![*b]).collect(), read_body: true, close: false, head_first: false }
         } else {
             Answer::bytes(OK)
         }
@@ -299,7 +308,7 @@ async fn an_upstream_that_answers_before_the_body_is_sent_is_heard() {
     let upstream = WireUpstream::start(|_, head| {
         if head.starts_with("POST /upload") {
             let refusal = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo much".to_vec();
-            Answer { pieces: vec![refusal], read_body: false, close: false }
+            Answer { pieces: vec![refusal], read_body: false, close: false, head_first: false }
         } else {
             Answer::bytes(OK)
         }
@@ -316,6 +325,38 @@ async fn an_upstream_that_answers_before_the_body_is_sent_is_heard() {
     let next = crate::common::get(gw.addr(), "/next").await;
     assert_eq!(next.text(), "ok");
     assert_eq!(upstream.connections(), 2, "the connection with a request half sent was not reused");
+}
+
+#[tokio::test]
+async fn a_success_that_starts_before_the_body_is_read_still_gets_the_body() {
+    // A streaming endpoint: it answers `200` at once, then reads the whole upload and ends its
+    // answer with what it read. The gateway keeps sending the body after the early head.
+    let upstream = WireUpstream::start(|_, head| {
+        let length = if head.contains("content-length: 200000") { "done" } else { "lost" };
+        Answer {
+            pieces: vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+                format!("4\r\n{length}\r\n0\r\n\r\n").into_bytes(),
+            ],
+            read_body: true,
+            close: false,
+            head_first: true,
+        }
+    })
+    .await;
+    let gw = upstream.gateway();
+    let mut raw = RawConn::connect(gw.addr()).await;
+    let body = vec![b'x'; 200_000];
+    for _ in 0..2 {
+        // Part of the body, a pause in which the upstream's early head arrives, the rest.
+        raw.send(b"POST /stream HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n").await;
+        raw.send(&body[..1000]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        raw.send(&body[1000..]).await;
+        let reply = raw.read_response(Duration::from_secs(10)).await.expect("an answer");
+        assert_eq!((reply.status, reply.text().as_str()), (200, "done"), "the body was sent after the early head");
+    }
+    assert_eq!(upstream.connections(), 1, "the request was sent whole: its connection is reused");
 }
 
 #[tokio::test]
