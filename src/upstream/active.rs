@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpStream;
 
 use super::EndpointState;
+use super::h1::{self, Io};
+use crate::proxy::body::UpstreamBody;
 
 mod grpc;
 
@@ -163,42 +163,33 @@ async fn probe_inner(
     if matches!(kind, CheckKind::Tcp) {
         return Ok(());
     }
-    match tls {
-        Some(tls) => {
-            let stream = tls.connect(stream, host).await.map_err(|e| format!("TLS: {e}"))?;
-            exchange(stream, &super::authority_of(host, port, true), kind).await
-        }
-        None => exchange(stream, &super::authority_of(host, port, false), kind).await,
-    }
+    let io = match tls {
+        Some(tls) => Io::Tls(Box::new(tls.connect(stream, host).await.map_err(|e| format!("TLS: {e}"))?)),
+        None => Io::Plain(stream),
+    };
+    exchange(io, &super::authority_of(host, port, tls.is_some()), kind).await
 }
 
 /// The HTTP or gRPC check over a connected stream.
 /// `endpoint` is the endpoint's own Host header (a check's `host` replaces it).
-async fn exchange<I>(stream: I, endpoint: &str, kind: &CheckKind) -> Result<(), String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+async fn exchange(io: Io, endpoint: &str, kind: &CheckKind) -> Result<(), String> {
     let (path, host_header, statuses, body_contains) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Grpc { service, authority } => {
             let authority = authority.as_deref().unwrap_or(endpoint);
-            return grpc::check(stream, authority, service).await;
+            return grpc::check(io, authority, service).await;
         }
         CheckKind::Http { path, host, statuses, body_contains } => (path, host, statuses, body_contains),
     };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let authority = host_header.as_deref().unwrap_or(endpoint);
-    let request = Request::get(path.as_str())
+    let mut request = Request::get(path.as_str())
         .header(header::HOST, authority)
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
+        .body(UpstreamBody::Empty)
         .map_err(|e| format!("request: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+    let response =
+        h1::exchange(h1::Conn::new(io), &mut request, None).await.map_err(|f| format!("request: {}", f.error))?;
     let status = response.status();
     if !statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status.as_u16())) {
         return Err(format!("status {}", status.as_u16()));

@@ -110,7 +110,7 @@ pub async fn send_or_return(
         // Boxed, as the dial below: what is not the pooled path stays out of every request's future.
         return Box::pin(send_h2(upstream, endpoint, request, connect_timeout, head_timeout)).await;
     }
-    let release = h1::Release { key, settings: upstream.pool };
+    let release = Some(h1::Release { key, settings: upstream.pool });
     // Pooled connections first. One the upstream closed while it was idle (found out only once
     // the request is on its way) passes the request on to the next, or to a new connection.
     loop {

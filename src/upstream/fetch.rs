@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpStream;
+
+use super::h1::{self, Io};
+use crate::proxy::body::UpstreamBody;
 
 /// Fetches `url` (`http://`, or `https://` verified against the system's roots) and returns the
 /// body of a 200 answer.
@@ -48,38 +50,23 @@ pub async fn send(request: Request<Bytes>, max_bytes: usize) -> Result<http::Res
     let stream =
         TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut sender = if tls {
+    let io = if tls {
         let secured = super::tls::UpstreamTls::system()?
             .connect(stream, &host)
             .await
             .map_err(|e| format!("TLS to {url} failed: {e}"))?;
-        start(secured, &url).await?
+        Io::Tls(Box::new(secured))
     } else {
-        start(stream, &url).await?
+        Io::Plain(stream)
     };
-    // HTTP/1.1 in origin form, the authority in Host.
-    parts.uri =
-        parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).parse().map_err(|_| format!("{url}: bad path"))?;
+    // The request target goes out in origin form, the authority in Host.
     let host_value = http::HeaderValue::from_str(authority.as_str()).map_err(|_| format!("{url}: bad host"))?;
     parts.headers.insert(header::HOST, host_value);
-    let response = sender
-        .send_request(Request::from_parts(parts, Full::new(body)))
+    let mut request = Request::from_parts(parts, UpstreamBody::Full(Some(body)));
+    let response = h1::exchange(h1::Conn::new(io), &mut request, None)
         .await
-        .map_err(|e| format!("{url} failed: {e}"))?;
+        .map_err(|failure| format!("{url} failed: {}", failure.error))?;
     let (parts, body) = response.into_parts();
     let body = Limited::new(body, max_bytes).collect().await.map_err(|e| format!("reading {url} failed: {e}"))?;
     Ok(http::Response::from_parts(parts, body.to_bytes()))
-}
-
-async fn start<I>(io: I, url: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("cannot talk to {url}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
 }

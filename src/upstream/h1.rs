@@ -280,10 +280,12 @@ enum Outgoing {
 
 /// Sends `request` on `conn` and reads the response head. The request is left in place (and whole,
 /// unless its streamed body was started), so the caller can send it elsewhere after a failure.
+/// With `release`, the connection goes back to that pool after the response; without, it is
+/// closed (a connection of its own, for the gateway's occasional calls and health checks).
 pub async fn exchange(
     conn: Conn,
     request: &mut Request<UpstreamBody>,
-    release: Release,
+    release: Option<Release>,
 ) -> Result<Response<Body>, Failure> {
     let outgoing = framing(request);
     let coalesced = match request.body() {
@@ -675,7 +677,7 @@ impl Exchange {
     }
 
     /// The response with its body reader (or, for a `101`, the connection in its extensions).
-    fn finish(self, head: Head, head_only: bool, release: Release) -> Result<Response<Body>, Error> {
+    fn finish(self, head: Head, head_only: bool, release: Option<Release>) -> Result<Response<Body>, Error> {
         let Head { status, version, headers } = head;
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
@@ -692,9 +694,9 @@ impl Exchange {
         let reusable = self.sent
             && !matches!(decoder, Decoder::Eof)
             && keeps_alive(version, &headers)
-            && release.settings.max_idle_per_endpoint > 0;
+            && release.is_some_and(|r| r.settings.max_idle_per_endpoint > 0);
         *response.headers_mut() = headers;
-        *response.body_mut() = Body { conn: Some(self.conn), decoder, reusable, release: Some(release) };
+        *response.body_mut() = Body { conn: Some(self.conn), decoder, reusable, release };
         Ok(response)
     }
 }
