@@ -312,10 +312,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: usize, proxy: Arc<
     if h2 {
         state.set_multiplexed();
         let conn = h2_builder(&server).serve_connection(io, service);
-        Driver::new(H2(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+        Driver::new(conn, state, REQUEST_TIMEOUT_RESPONSE).await;
     } else {
         let conn = h1_builder(&server).serve_connection(io, service).with_upgrades();
-        Driver::new(H1(conn), state, REQUEST_TIMEOUT_RESPONSE).await;
+        Driver::new(conn, state, REQUEST_TIMEOUT_RESPONSE).await;
     }
 }
 
@@ -388,51 +388,23 @@ fn h1_builder(server: &ConnLimits) -> http1::Builder {
     builder
 }
 
-struct H1<C>(C);
-
-impl<S> std::future::Future for H1<http1::UpgradeableConnection<TokioIo<ConnStream>, S>>
-where
-    S: hyper::service::HttpService<Incoming> + Unpin,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Output = Result<(), hyper::Error>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<S> ServeConnection for H1<http1::UpgradeableConnection<TokioIo<ConnStream>, S>>
+// hyper's connections are served through `ServeConnection` directly (a trait of ours on hyper's
+// types): the driver needs graceful shutdown, and for HTTP/1 the stream back after a timeout.
+impl<S> ServeConnection for http1::UpgradeableConnection<TokioIo<ConnStream>, S>
 where
     S: hyper::service::HttpService<Incoming> + Unpin,
     S::ResBody: 'static,
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn graceful_shutdown(&mut self) {
-        std::pin::Pin::new(&mut self.0).graceful_shutdown();
+        std::pin::Pin::new(self).graceful_shutdown();
     }
     fn into_stream(self) -> Option<ConnStream> {
-        self.0.into_parts().map(|parts| parts.io.into_inner())
+        self.into_parts().map(|parts| parts.io.into_inner())
     }
 }
 
-struct H2<C>(C);
-
-impl<S> std::future::Future for H2<http2::Connection<TokioIo<ConnStream>, S, TokioExecutor>>
-where
-    S: hyper::service::HttpService<Incoming> + Unpin,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as http_body::Body>::Data: Send,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Output = Result<(), hyper::Error>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<S> ServeConnection for H2<http2::Connection<TokioIo<ConnStream>, S, TokioExecutor>>
+impl<S> ServeConnection for http2::Connection<TokioIo<ConnStream>, S, TokioExecutor>
 where
     S: hyper::service::HttpService<Incoming> + Unpin,
     S::Future: Send + 'static,
@@ -441,7 +413,7 @@ where
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn graceful_shutdown(&mut self) {
-        std::pin::Pin::new(&mut self.0).graceful_shutdown();
+        std::pin::Pin::new(self).graceful_shutdown();
     }
     /// Streams may be in progress: there is no single stream to answer on.
     fn into_stream(self) -> Option<ConnStream> {
