@@ -237,7 +237,10 @@ impl ForwardAuthPolicy {
             let mut grant = Vec::new();
             for name in &self.upstream_headers {
                 for value in parts.headers.get_all(name) {
-                    grant.push((name.clone(), value.clone()));
+                    // Grants are cached, and the answer's values are slices of the connection's
+                    // read buffer: a copy keeps the few bytes, not the buffer.
+                    let kept = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                    grant.push((name.clone(), kept));
                 }
             }
             return Ok(Answer::Allow(grant.into()));
