@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -130,6 +132,7 @@ impl tonic::server::NamedService for Echo {
 /// Serves `test.Echo` on a port of its own (a thread and runtime of its own).
 pub struct EchoServer {
     pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -138,15 +141,33 @@ impl EchoServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // Every accepted connection counted, so tests can tell how many the gateway opened.
+                let incoming = Box::pin(futures_util::stream::unfold(listener, move |listener| {
+                    let counted = counted.clone();
+                    async move {
+                        let accepted = listener.accept().await.map(|(stream, _)| {
+                            let _ = stream.set_nodelay(true);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            stream
+                        });
+                        Some((accepted, listener))
+                    }
+                }));
                 let _ = tonic::transport::Server::builder().add_service(Echo).serve_with_incoming(incoming).await;
             });
         });
-        EchoServer { addr, _thread: thread }
+        EchoServer { addr, connections, _thread: thread }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

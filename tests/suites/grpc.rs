@@ -69,6 +69,7 @@ async fn all_four_kinds_of_call_pass_with_their_trailers() {
     for (i, call) in calls.into_iter().enumerate() {
         assert_eq!(call.await.unwrap().unwrap().get_ref().text, format!("echo: {i}"));
     }
+    assert_eq!(echo.connections(), 1, "every call of this test went over one upstream connection");
 }
 
 #[tokio::test]
@@ -182,7 +183,9 @@ async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
     let mut decoded = Vec::new();
     let mut rest = text.as_str();
+    let mut pieces = 0;
     while !rest.is_empty() {
+        pieces += 1;
         let end =
             rest.find('=').map(|i| rest[i..].find(|c| c != '=').map_or(rest.len(), |j| i + j)).unwrap_or(rest.len());
         decoded.extend(b64.decode(&rest[..end]).unwrap());
@@ -190,6 +193,7 @@ async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
     }
     let (messages, trailers) = frames(&decoded);
     assert_eq!(messages, ["part 0", "part 1", "part 2"]);
+    assert_eq!(pieces, 4, "three messages and the trailers, each encoded as it came: {text}");
     assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
 
     // The service's error reaches the browser as a status; malformed base64 is refused by the gateway.
