@@ -217,18 +217,26 @@ routes:
 
 #[tokio::test]
 async fn a_collector_that_is_down_costs_requests_nothing() {
-    let app = Upstream::echo("app");
-    let gw = TestGateway::start(&format!(
-        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
-tracing: {{ enabled: true, sampling: 1.0, otlp: {{ endpoint: "http://127.0.0.1:1/v1/traces", interval: 50ms, max_queue: 16 }} }}
+    // A collector that accepts connections and never answers (the costly kind of down: a
+    // refused connection fails in microseconds) and one that refuses.
+    let hanging = Upstream::start("collector", UpstreamBehaviour::Hang);
+    for endpoint in [format!("{}/v1/traces", hanging.url()), "http://127.0.0.1:1/v1/traces".to_owned()] {
+        let app = Upstream::echo("app");
+        let gw = TestGateway::start(&format!(
+            r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+tracing: {{ enabled: true, sampling: 1.0, otlp: {{ endpoint: "{endpoint}", interval: 50ms, timeout: 5s, max_queue: 16 }} }}
 upstreams: {{ app: {{ endpoints: ["{}"] }} }}
 routes: [{{ name: app, upstream: app }}]
 "#,
-        app.url()
-    ));
-    let mut client = Client::connect(gw.addr()).await;
-    for _ in 0..200 {
-        assert_eq!(client.get("/x").await.status, 200);
+            app.url()
+        ));
+        let mut client = Client::connect(gw.addr()).await;
+        let started = Instant::now();
+        for _ in 0..200 {
+            assert_eq!(client.get("/x").await.status, 200);
+        }
+        // Exports wait up to 5 s each; none of that may fall on the requests.
+        assert!(started.elapsed() < Duration::from_secs(3), "{endpoint}: {:?} for 200 requests", started.elapsed());
     }
 }
 

@@ -172,7 +172,11 @@ async fn an_idle_tunnel_is_closed() {
         ws.send(Message::text("still here")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still here"));
     }
-    // …silence closes it.
+    // …silence closes it: after the idle time, within a check step (a quarter of it) and slack.
+    let quiet = std::time::Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(3), ws.next()).await.expect("closed within the idle time");
     assert!(matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))), "{end:?}");
+    let after = quiet.elapsed();
+    assert!(after >= Duration::from_millis(250), "closed before the idle time: {after:?}");
+    assert!(after < Duration::from_millis(900), "closed long after the idle time: {after:?}");
 }
