@@ -75,29 +75,35 @@ pub fn compile(config: &LocalConfig, ctx: &Context<'_>) -> Result<Snapshot, Vec<
         problems.add("tracing.sampling", "a share between 0.0 and 1.0");
     }
     if let Some(otlp) = config.tracing.otlp.as_ref().filter(|_| config.tracing.enabled) {
-        // A check run (validate, the pre-bind check) starts no exporter thread.
+        let mut valid = true;
         let endpoint_ok = otlp
             .endpoint
             .parse::<http::Uri>()
             .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
         if !endpoint_ok {
+            valid = false;
             problems.add(
                 "tracing.otlp.endpoint",
                 "an http:// or https:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces",
             );
-        } else if !ctx.dry_run {
-            match ctx.registry.span_sink(otlp) {
-                Ok(sink) => server.trace_export = Some(sink),
-                Err(e) => problems.add("tracing.otlp", e),
-            }
         }
         for (name, value) in &otlp.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+                valid = false;
                 problems.add(format!("tracing.otlp.headers.{name}"), "not a valid header name and value");
             }
         }
         if otlp.interval.0.is_zero() || otlp.timeout.0.is_zero() {
+            valid = false;
             problems.add("tracing.otlp", "interval and timeout must be longer than 0");
+        }
+        // Only a whole, checked setting starts an exporter; a check run (validate, the pre-bind
+        // check) starts none.
+        if valid && !ctx.dry_run {
+            match ctx.registry.span_sink(otlp) {
+                Ok(sink) => server.trace_export = Some(sink),
+                Err(e) => problems.add("tracing.otlp", e),
+            }
         }
     }
     let listeners = listener_names(config, ctx, &mut problems);
@@ -555,10 +561,10 @@ fn upstreams(
         // Health checks speak their own protocol (HTTP/1.1, or HTTP/2 for gRPC), whatever the
         // upstream's: over TLS they offer that one in ALPN.
         let check = check.map(|mut c| {
-            if secure {
+            if let Some(tls) = &tls {
                 let grpc = matches!(c.kind, crate::upstream::active::CheckKind::Grpc { .. });
-                let settings = u.tls.clone().unwrap_or_default();
-                c.tls = crate::upstream::tls::UpstreamTls::build(&settings, grpc).ok().map(Arc::new);
+                let http2 = u.protocol == crate::config::UpstreamProtocol::Http2;
+                c.tls = Some(if grpc == http2 { tls.clone() } else { Arc::new(tls.with_alpn(grpc)) });
             }
             c
         });

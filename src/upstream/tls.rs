@@ -102,6 +102,23 @@ impl UpstreamTls {
         })
     }
 
+    /// The same settings offering the other protocol in ALPN (health checks speak HTTP/1.1, or
+    /// HTTP/2 for gRPC, whatever the upstream's): no files read again.
+    pub fn with_alpn(&self, http2: bool) -> UpstreamTls {
+        let mut client = rustls::ClientConfig::clone(self.connector.config());
+        client.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        let settings = match self.settings.rsplit_once(" h2=") {
+            Some((config, _)) => format!("{config} h2={http2}"),
+            None => self.settings.clone(),
+        };
+        UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            server_name: self.server_name.clone(),
+            insecure: self.insecure,
+            settings,
+        }
+    }
+
     /// The TLS handshake over a connected socket to an endpoint at `host`.
     pub async fn connect(
         &self,
