@@ -41,13 +41,13 @@ const UPGRADE_BIT: u16 = 1 << 6;
 
 fn hop_by_hop_bit(name: &str) -> u16 {
     match name {
-        "connection" => 1,
+        "connection" => CONNECTION_BIT,
         "keep-alive" => 1 << 1,
         "proxy-connection" => 1 << 2,
-        "te" => 1 << 3,
+        "te" => TE_BIT,
         "trailer" => 1 << 4,
-        "transfer-encoding" => 1 << 5,
-        "upgrade" => 1 << 6,
+        "transfer-encoding" => TRANSFER_ENCODING_BIT,
+        "upgrade" => UPGRADE_BIT,
         "proxy-authorization" => 1 << 7,
         "proxy-authenticate" => 1 << 8,
         _ => 0,
@@ -94,9 +94,16 @@ pub fn scan(headers: &HeaderMap) -> HeadScan {
 
 /// Whether the request's `TE` lists `trailers`.
 pub fn te_has_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+    has_token(headers, header::TE, "trailers")
+}
+
+/// Whether a comma-separated header (every line of it) lists `token`, without case and
+/// parameters (`Connection: keep-alive, Upgrade`, `TE: trailers;q=1`).
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let t = t.split(|b| *b == b';').next().unwrap_or_default();
+            t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())
         })
     })
 }

@@ -13,21 +13,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::headers::has_token;
 use crate::upstream::h1::{Conn, Upgraded};
 
 /// Whether a request asks to become a WebSocket: `GET`, HTTP/1.1, `Connection: upgrade` and
 /// `Upgrade: websocket` (names and tokens without case).
 pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-    };
     *method == Method::GET
         && version == Version::HTTP_11
-        && has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
+        && has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket")
 }
 
 /// The client's side of an upgrade, taken from the request before it goes upstream.

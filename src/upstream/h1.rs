@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::proxy::body::{BodyError, UpstreamBody};
+use crate::proxy::headers::has_token;
 
 use super::PoolSettings;
 
@@ -783,16 +784,10 @@ fn body_framing(status: StatusCode, head_only: bool, headers: &HeaderMap) -> Res
 
 /// Whether the upstream means to keep the connection open after this response.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
-    };
-    if has("close") {
+    if has_token(headers, header::CONNECTION, "close") {
         return false;
     }
-    version == Version::HTTP_11 || has("keep-alive")
+    version == Version::HTTP_11 || has_token(headers, header::CONNECTION, "keep-alive")
 }
 
 /// The upstream's response body, read from the connection as it is polled.
