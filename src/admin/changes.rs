@@ -21,13 +21,14 @@ use crate::config::{
 };
 
 /// A kind of entity the API changes, and how it lives in the config and in the changes.
-trait Entity: Clone + serde::Serialize + DeserializeOwned {
+pub(crate) trait Entity: Clone + serde::Serialize + DeserializeOwned + Send + 'static {
     const KIND: &'static str;
     /// The body names the entity in a `name` field (routes, consumers), or not at all (upstreams).
     const NAMED: bool;
     fn changes(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>>;
+    /// Whether the changes hold one of this kind named `name` (a replacement or a deletion).
+    fn changed(overlay: &Overlay, name: &str) -> bool;
     fn find(config: &LocalConfig, name: &str) -> Option<Self>;
-    fn all(config: &LocalConfig) -> Vec<(String, Self)>;
     /// Refuses a name the config would refuse, before anything is compiled: routes and upstreams
     /// follow the config's name rule; consumers' names are checked by the consumer index.
     fn check_name(name: &str) -> Result<(), ChangeError> {
@@ -48,12 +49,11 @@ impl Entity for RouteConfig {
     fn changes(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>> {
         &mut overlay.routes
     }
+    fn changed(overlay: &Overlay, name: &str) -> bool {
+        overlay.routes.contains_key(name)
+    }
     fn find(config: &LocalConfig, name: &str) -> Option<Self> {
         config.routes.iter().find(|r| r.name.as_deref() == Some(name)).cloned()
-    }
-    fn all(config: &LocalConfig) -> Vec<(String, Self)> {
-        let name = |i: usize, r: &RouteConfig| r.name.clone().unwrap_or_else(|| format!("route-{i}"));
-        config.routes.iter().enumerate().map(|(i, r)| (name(i, r), r.clone())).collect()
     }
 }
 
@@ -63,11 +63,11 @@ impl Entity for UpstreamConfig {
     fn changes(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>> {
         &mut overlay.upstreams
     }
+    fn changed(overlay: &Overlay, name: &str) -> bool {
+        overlay.upstreams.contains_key(name)
+    }
     fn find(config: &LocalConfig, name: &str) -> Option<Self> {
         config.upstreams.get(name).cloned()
-    }
-    fn all(config: &LocalConfig) -> Vec<(String, Self)> {
-        config.upstreams.iter().map(|(n, u)| (n.clone(), u.clone())).collect()
     }
 }
 
@@ -77,11 +77,11 @@ impl Entity for ConsumerConfig {
     fn changes(overlay: &mut Overlay) -> &mut std::collections::BTreeMap<String, Option<Self>> {
         &mut overlay.consumers
     }
+    fn changed(overlay: &Overlay, name: &str) -> bool {
+        overlay.consumers.contains_key(name)
+    }
     fn find(config: &LocalConfig, name: &str) -> Option<Self> {
         config.consumers.iter().find(|c| c.name == name).cloned()
-    }
-    fn all(config: &LocalConfig) -> Vec<(String, Self)> {
-        config.consumers.iter().map(|c| (c.name.clone(), c.clone())).collect()
     }
     fn check_name(_: &str) -> Result<(), ChangeError> {
         Ok(())
@@ -254,25 +254,15 @@ fn changed(status: StatusCode, generation: u64, extra: Value) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Where the running config's entity came from.
-fn source_of(shared: &Shared, kind: &'static str, name: &str) -> &'static str {
-    let changes = shared.changes();
-    let changed = match kind {
-        "route" => changes.routes.contains_key(name),
-        "upstream" => changes.upstreams.contains_key(name),
-        _ => changes.consumers.contains_key(name),
-    };
-    if changed { "admin" } else { "file" }
-}
-
-async fn get_one<E: Entity>(shared: Arc<Shared>, name: String) -> Response {
+/// `GET /routes|upstreams|consumers/{name}`: the running entity, redacted, and where it came from.
+pub(crate) async fn get_one<E: Entity>(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let snap = shared.snapshot.load();
     let Some(entity) = E::find(&snap.config, &name) else {
         return ChangeError::NotFound(format!("no {} is named {name:?}", E::KIND)).into_response();
     };
     let mut config = serde_json::to_value(&entity).unwrap_or_default();
     redact(&mut config);
-    let source = source_of(&shared, E::KIND, &name);
+    let source = if E::changed(&shared.changes(), &name) { "admin" } else { "file" };
     Json(json!({"name": name, "source": source, "generation": snap.generation, E::KIND: config})).into_response()
 }
 
@@ -286,7 +276,12 @@ async fn off_thread<T: Send + 'static>(
         .unwrap_or_else(|_| Err(ChangeError::Store("the change did not finish".into())))
 }
 
-async fn put<E: Entity + Send + 'static>(shared: Arc<Shared>, name: String, bytes: Bytes) -> Response {
+/// `PUT …/{name}`: creates or replaces the entity as a change.
+pub(crate) async fn put<E: Entity>(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let result = off_thread(move || {
         E::check_name(&name)?;
         let mut entity: E = body(&bytes, E::NAMED.then_some(name.as_str()))?;
@@ -305,7 +300,8 @@ async fn put<E: Entity + Send + 'static>(shared: Arc<Shared>, name: String, byte
     }
 }
 
-async fn delete<E: Entity + Send + 'static>(shared: Arc<Shared>, name: String) -> Response {
+/// `DELETE …/{name}`: forgets an entity the API added, or marks the file's deleted.
+pub(crate) async fn delete<E: Entity>(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let deleted = name.clone();
     let result = off_thread(move || {
         shared.change(|changes, file| {
@@ -328,42 +324,17 @@ async fn delete<E: Entity + Send + 'static>(shared: Arc<Shared>, name: String) -
     }
 }
 
-pub async fn get_route(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    get_one::<RouteConfig>(s, name).await
-}
-pub async fn put_route(State(s): State<Arc<Shared>>, Path(name): Path<String>, b: Bytes) -> Response {
-    put::<RouteConfig>(s, name, b).await
-}
-pub async fn delete_route(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    delete::<RouteConfig>(s, name).await
-}
-pub async fn get_upstream(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    get_one::<UpstreamConfig>(s, name).await
-}
-pub async fn put_upstream(State(s): State<Arc<Shared>>, Path(name): Path<String>, b: Bytes) -> Response {
-    put::<UpstreamConfig>(s, name, b).await
-}
-pub async fn delete_upstream(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    delete::<UpstreamConfig>(s, name).await
-}
-pub async fn get_consumer(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    get_one::<ConsumerConfig>(s, name).await
-}
-pub async fn put_consumer(State(s): State<Arc<Shared>>, Path(name): Path<String>, b: Bytes) -> Response {
-    put::<ConsumerConfig>(s, name, b).await
-}
-pub async fn delete_consumer(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    delete::<ConsumerConfig>(s, name).await
-}
-
 /// Every consumer: name, plan, groups, its credentials by id (no secrets), and where it came from.
 pub async fn consumers(State(shared): State<Arc<Shared>>) -> Response {
     let snap = shared.snapshot.load();
     let changes = shared.changes();
-    let list: Vec<_> = ConsumerConfig::all(&snap.config)
-        .into_iter()
-        .map(|(name, c)| {
-            let source = if changes.consumers.contains_key(&name) { "admin" } else { "file" };
+    let list: Vec<_> = snap
+        .config
+        .consumers
+        .iter()
+        .map(|c| {
+            let name = &c.name;
+            let source = if changes.consumers.contains_key(name) { "admin" } else { "file" };
             let credentials: Vec<_> = c.credentials.iter().map(describe_credential).collect();
             json!({"name": name, "plan": c.plan, "groups": c.groups, "source": source, "credentials": credentials})
         })
