@@ -114,13 +114,21 @@ async fn the_openapi_description_matches_what_the_admin_api_serves() {
     assert_eq!(documented, served, "docs/admin-openapi.json and the admin router differ");
 
     let app = Upstream::echo("app");
-    let gw = with_token(&format!(
-        r#"consumers: [{{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}]
+    // With a store, so that the change endpoints answer as they do in use (not 409 read_only):
+    // their successes and errors are checked against the description too.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("changes.json");
+    let gw = TestGateway::start(&format!(
+        r#"admin: {{ address: "127.0.0.1:0", token: "{TOKEN}", store: "{}" }}
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+consumers: [{{ name: alice, credentials: [{{ api_key: "alice-key-0123456789" }}] }}]
 upstreams: {{ app: {{ endpoints: ["{}"] }} }}
 routes: [{{ name: all, upstream: app }}]
 "#,
+        store.display(),
         app.url()
     ));
+    let mut seen_statuses = std::collections::BTreeSet::new();
     let mut admin = Client::connect(gw.gateway.admin_addr().unwrap()).await;
     let bearer = format!("Bearer {TOKEN}");
     for (method, path) in &served {
@@ -130,6 +138,7 @@ routes: [{{ name: all, upstream: app }}]
             let url = path.replace("{name}", name).replace("{id}", "api_key:0123456789abcdef");
             let reply = admin.request(method, &url, &[("authorization", &bearer)], "").await;
             let status = reply.status.as_u16().to_string();
+            seen_statuses.insert(status.clone());
             let documented =
                 responses.get(&status).unwrap_or_else(|| panic!("{method} {url} answered {status}, undocumented"));
             let is_json = reply.header("content-type").is_some_and(|c| c.starts_with("application/json"));
@@ -151,6 +160,18 @@ routes: [{{ name: all, upstream: app }}]
                 break;
             }
         }
+    }
+    // Answers of every kind were checked, not only refusals.
+    for status in ["200", "400", "404"] {
+        assert!(seen_statuses.contains(status), "no {status} among {seen_statuses:?}");
+    }
+    // And a creation: 201 with the documented keys.
+    let body = r#"{"name": "fresh", "upstream": "app"}"#;
+    let reply = admin.request("PUT", "/routes/fresh", &[("authorization", &bearer)], body).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.text());
+    let documented = &spec["paths"]["/routes/{name}"]["put"]["responses"]["201"];
+    for key in required_keys(&spec, documented) {
+        assert!(reply.json().get(&key).is_some(), "PUT /routes/fresh: no `{key}` in {}", reply.text());
     }
 }
 
