@@ -159,14 +159,10 @@ async fn probe_inner(
     tls: Option<&super::tls::UpstreamTls>,
 ) -> Result<(), String> {
     let stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
     if matches!(kind, CheckKind::Tcp) {
         return Ok(());
     }
-    let io = match tls {
-        Some(tls) => Io::Tls(Box::new(tls.connect(stream, host).await.map_err(|e| format!("TLS: {e}"))?)),
-        None => Io::Plain(stream),
-    };
+    let io = Io::over(stream, host, tls).await.map_err(|e| format!("TLS: {e}"))?;
     exchange(io, &super::authority_of(host, port, tls.is_some()), kind).await
 }
 

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -266,13 +265,8 @@ async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>)
         let addrs = endpoint.addresses().await?;
         let mut last_error = None;
         for addr in addrs {
-            match connect_one(addr).await {
-                Ok(stream) => {
-                    return match tls {
-                        Some(tls) => tls.connect(stream, &endpoint.host).await.map(|s| Io::Tls(Box::new(s))),
-                        None => Ok(Io::Plain(stream)),
-                    };
-                }
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Io::over(stream, &endpoint.host, tls).await,
                 Err(e) => last_error = Some(e),
             }
         }
@@ -283,10 +277,4 @@ async fn dial(endpoint: &Endpoint, timeout: Duration, tls: Option<&UpstreamTls>)
         Ok(Err(source)) => Err(UpstreamError::Connect { endpoint: endpoint.url.to_string(), source }),
         Err(_) => Err(UpstreamError::ConnectTimeout { endpoint: endpoint.url.to_string() }),
     }
-}
-
-async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }

@@ -49,16 +49,8 @@ pub async fn send(request: Request<Bytes>, max_bytes: usize) -> Result<http::Res
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let stream =
         TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let io = if tls {
-        let secured = super::tls::UpstreamTls::system()?
-            .connect(stream, &host)
-            .await
-            .map_err(|e| format!("TLS to {url} failed: {e}"))?;
-        Io::Tls(Box::new(secured))
-    } else {
-        Io::Plain(stream)
-    };
+    let roots = if tls { Some(super::tls::UpstreamTls::system()?) } else { None };
+    let io = Io::over(stream, &host, roots.as_deref()).await.map_err(|e| format!("TLS to {url} failed: {e}"))?;
     // The request target goes out in origin form, the authority in Host.
     let host_value = http::HeaderValue::from_str(authority.as_str()).map_err(|_| format!("{url}: bad host"))?;
     parts.headers.insert(header::HOST, host_value);

@@ -72,6 +72,16 @@ pub enum Io {
 }
 
 impl Io {
+    /// A connected socket made ready for HTTP: no Nagle delay, and with `tls` the handshake done
+    /// (the certificate checked for `host`, unless the settings name another).
+    pub async fn over(stream: TcpStream, host: &str, tls: Option<&super::tls::UpstreamTls>) -> io::Result<Io> {
+        stream.set_nodelay(true)?;
+        match tls {
+            Some(tls) => Ok(Io::Tls(Box::new(tls.connect(stream, host).await?))),
+            None => Ok(Io::Plain(stream)),
+        }
+    }
+
     /// Whether the socket has (or may have) something to read; TLS may hold decrypted bytes, so
     /// it always says yes.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
