@@ -186,10 +186,7 @@ async fn config(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let snap = shared.snapshot.load();
     let listeners: Vec<_> = snap
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.name.is_empty())
+        .serving()
         .map(|(i, l)| {
             let entries: Vec<_> = crate::route::describe::entries(&l.table, &snap, i)
                 .into_iter()

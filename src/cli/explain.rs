@@ -35,7 +35,7 @@ pub fn routes(path: &Path, listener: Option<&str>) -> anyhow::Result<ExitCode> {
 /// The routing table of each listener, in precedence order.
 pub fn routes_text(snap: &Snapshot, only: Option<&str>) -> String {
     let mut out = String::new();
-    let shown = |l: &&crate::state::ListenerSettings| !l.name.is_empty() && only.is_none_or(|n| n == &*l.name);
+    let shown = |l: &&crate::state::ListenerSettings| !l.is_removed() && only.is_none_or(|n| n == &*l.name);
     for (index, l) in snap.listeners.iter().enumerate().filter(|(_, l)| shown(l)) {
         let _ = writeln!(out, "listener {} ({}), in precedence order:", l.name, l.address);
         let rows: Vec<[String; 7]> = describe::entries(&l.table, snap, index)
@@ -126,7 +126,7 @@ pub fn explain_request(
             .position(|l| &*l.name == name)
             .ok_or_else(|| anyhow::anyhow!("no listener is named \"{name}\""))?,
         // The first listener serving (a removed one keeps its place with an empty name).
-        None => snap.listeners.iter().position(|l| !l.name.is_empty()).unwrap_or(0),
+        None => snap.serving().next().map_or(0, |(id, _)| id),
     };
     let listener = snap.listeners.get(index).ok_or_else(|| anyhow::anyhow!("the config has no listeners"))?;
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())

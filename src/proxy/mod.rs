@@ -186,8 +186,10 @@ impl Exchange<'_> {
         }
         // So is the mark of a mirrored copy: a client cannot pass its request off as shadow traffic.
         parts.headers.remove(&forward::MIRROR_HEADER);
+        // `serve` found this listener in this snapshot.
+        let listener = &snap.listeners[self.conn.listener];
         // And what a verified client certificate says.
-        if let Some(names) = snap.listeners[self.conn.listener].tls.as_ref().and_then(|t| t.client_headers.as_ref()) {
+        if let Some(names) = listener.tls.as_ref().and_then(|t| t.client_headers.as_ref()) {
             client_cert_headers(&mut parts.headers, names, self.conn.client_cert.as_deref());
         }
 
@@ -199,7 +201,6 @@ impl Exchange<'_> {
         }
 
         // 4. Route.
-        let listener = &snap.listeners[self.conn.listener];
         if let Some((port, status)) = listener.https_redirect {
             return https_redirect(&parts, host.as_deref(), port, status);
         }

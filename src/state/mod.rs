@@ -57,6 +57,19 @@ impl Snapshot {
     pub fn listener_by_name(&self, name: &str) -> Option<&ListenerSettings> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
+
+    /// The listeners in service, with their ids (a removed listener keeps its id's slot, unnamed,
+    /// while its connections drain).
+    pub fn serving(&self) -> impl Iterator<Item = (usize, &ListenerSettings)> {
+        self.listeners.iter().enumerate().filter(|(_, l)| !l.is_removed())
+    }
+}
+
+impl ListenerSettings {
+    /// A slot kept for a listener that a reload removed.
+    pub fn is_removed(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 pub struct ListenerSettings {

@@ -490,7 +490,7 @@ pub fn live_registry(live: &Live<'_>) -> Registry {
     let per_listener = |count: &dyn Fn(usize) -> usize| {
         let family = Family::<ListenerLabels, Gauge>::default();
         // A removed listener's place (an empty name) is not a listener any more.
-        for (id, listener) in live.snapshot.listeners.iter().enumerate().filter(|(_, l)| !l.name.is_empty()) {
+        for (id, listener) in live.snapshot.serving() {
             family
                 .get_or_create(&ListenerLabels { listener: listener.name.to_string() })
                 .set(i64::try_from(count(id)).unwrap_or(i64::MAX));
