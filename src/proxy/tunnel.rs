@@ -3,10 +3,9 @@
 //! has sent anything for `server.timeouts.websocket_idle`.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Version, header};
 use hyper::upgrade::OnUpgrade;
@@ -68,16 +67,18 @@ impl Upgrade {
 }
 
 async fn relay(client: hyper::upgrade::Upgraded, upstream: Conn, idle: Duration) {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut client = Watched { io: TokioIo::new(client), last: last.clone(), start };
-    let mut upstream = Watched { io: upstream, last: last.clone(), start };
+    // Reads on either side count as activity; the watch looks every quarter of the idle time
+    // and closes the tunnel once a whole idle time has passed without any.
+    let activity = AtomicU64::new(0);
+    let mut client = Watched { io: TokioIo::new(client), activity: &activity };
+    let mut upstream = Watched { io: upstream, activity: &activity };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     let watch = async {
         let step = (idle / 4).max(Duration::from_millis(10));
+        let mut quiet = Duration::ZERO;
         loop {
             tokio::time::sleep(step).await;
-            let quiet = start.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            quiet = if activity.swap(0, Ordering::Relaxed) > 0 { Duration::ZERO } else { quiet + step };
             if quiet >= idle {
                 return;
             }
@@ -93,20 +94,19 @@ async fn relay(client: hyper::upgrade::Upgraded, upstream: Conn, idle: Duration)
     }
 }
 
-/// A stream that notes when bytes last went through it (in ms since `start`).
-struct Watched<T> {
+/// A stream that counts the reads that moved bytes (no clock read per read).
+struct Watched<'a, T> {
     io: T,
-    last: Arc<AtomicU64>,
-    start: Instant,
+    activity: &'a AtomicU64,
 }
 
-impl<T> Watched<T> {
+impl<T> Watched<'_, T> {
     fn touch(&self) {
-        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
@@ -117,7 +117,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
