@@ -116,3 +116,20 @@ pub fn indent(text: &str, spaces: usize) -> String {
     let pad = " ".repeat(spaces);
     text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
+
+/// The inodes of the sockets listening on `port` (from /proc/net/tcp): the same sockets keep the
+/// same inodes, fresh ones get new ones.
+pub fn listening_sockets(port: u16) -> std::collections::BTreeSet<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A")
+                .then(|| fields.get(9).map(|inode| inode.to_string()))
+                .flatten()
+        })
+        .collect()
+}

@@ -206,6 +206,8 @@ async fn listeners_are_added_and_removed_by_a_reload() {
     for _ in 0..4 {
         assert_eq!(get(extra, "/a").await.status, 200);
     }
+    let sockets = crate::common::listening_sockets(first);
+    assert_eq!(sockets.len(), 2, "one listening socket per worker: {sockets:?}");
     let names: Vec<_> = gw.gateway.shared().listeners().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["main", "extra"]);
 

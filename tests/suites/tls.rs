@@ -282,20 +282,17 @@ fn bad_tls_settings_are_config_errors_with_their_place() {
 
 /// Whether a command-line client is at hand (./scripts/test installs them; a plain `cargo test`
 /// on a machine without them says so and goes on).
-fn installed(tool: &str) -> bool {
+/// The command-line tool a test drives; missing, the test fails (./scripts/test installs it) rather
+/// than passing without having checked anything.
+fn require(tool: &str) {
     let found = std::process::Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        eprintln!("{tool} is not installed (./scripts/test installs it): this check did not run");
-    }
-    found
+    assert!(found, "{tool} is not installed: ./scripts/test installs it (curl, nghttp2-client)");
 }
 
 /// curl, as users test a gateway: HTTP/2 over TLS by ALPN, and h2c with prior knowledge.
 #[tokio::test]
 async fn curl_speaks_http2_to_it_over_tls_and_in_clear_text() {
-    if !installed("curl") {
-        return;
-    }
+    require("curl");
     let app = Upstream::echo("app");
     let pki = Pki::new();
     let cert = pki.issue("site", &["site.test"]);
@@ -584,9 +581,7 @@ routes: [{{ name: all, upstream: target }}]
 /// text and over TLS, every request answered.
 #[tokio::test]
 async fn h2load_gets_every_answer_over_h2c_and_h2() {
-    if !installed("h2load") {
-        return;
-    }
+    require("h2load");
     let app = Upstream::echo("app");
     let pki = Pki::new();
     let cert = pki.issue("site", &["site.test"]);

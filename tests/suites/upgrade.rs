@@ -26,23 +26,6 @@ fn one_request(port: u16) -> bool {
     answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(b"}")
 }
 
-/// The inodes of the sockets listening on `port` (from /proc/net/tcp): the same sockets keep the
-/// same inodes, fresh ones get new ones.
-fn listening_sockets(port: u16) -> std::collections::BTreeSet<String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit(':').next()?;
-            (u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A")
-                .then(|| fields.get(9).map(|inode| inode.to_string()))
-                .flatten()
-        })
-        .collect()
-}
-
 fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -104,7 +87,7 @@ fn a_binary_upgrade_under_load_fails_no_request() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let before = ok.load(Ordering::Relaxed);
-    let sockets = listening_sockets(port);
+    let sockets = crate::common::listening_sockets(port);
     assert_eq!(sockets.len(), 2, "one listening socket per worker: {sockets:?}");
 
     let signal = Command::new("kill").args(["-USR2", &old.id().to_string()]).status().unwrap();
@@ -133,7 +116,7 @@ fn a_binary_upgrade_under_load_fails_no_request() {
     assert!(notices.iter().any(|n| n.starts_with(&format!("READY=1\nMAINPID={new_pid}\n"))), "{notices:?}");
     assert!(notices.contains(&format!("MAINPID={new_pid}")), "{notices:?}");
     // It serves on the very sockets the old one listened on (their accept queues with them).
-    assert_eq!(listening_sockets(port), sockets, "the new process listens on sockets of its own");
+    assert_eq!(crate::common::listening_sockets(port), sockets, "the new process listens on sockets of its own");
     // The new process serves on its own now, and is stopped the usual way.
     assert!(one_request(port));
     let _ = Command::new("kill").args(["-TERM", &new_pid.to_string()]).status();
