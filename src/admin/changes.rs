@@ -241,9 +241,7 @@ fn body<T: DeserializeOwned>(bytes: &Bytes, name: Option<&str>) -> Result<T, Cha
         }
     }
     // Through the config reader, for every error at once with its path, and no interpolation.
-    let text = value.to_string();
-    let tree = crate::config::yaml::Node::parse_literal(&text).map_err(ChangeError::BadRequest)?;
-    crate::config::yaml::from_node_all(&tree).map_err(ChangeError::BadRequest)
+    crate::config::overlay::parse(&value.to_string()).map_err(ChangeError::BadRequest)
 }
 
 fn changed(status: StatusCode, generation: u64, extra: Value) -> Response {

@@ -122,7 +122,7 @@ impl Overlay {
 }
 
 /// Reads changes from JSON (or YAML) text, with every `$` literal.
-pub fn parse(text: &str) -> Result<Overlay, Vec<Diagnostic>> {
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<Diagnostic>> {
     let tree = super::yaml::Node::parse_literal(text)?;
     super::yaml::from_node_all(&tree)
 }

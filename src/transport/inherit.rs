@@ -52,14 +52,12 @@ impl Inherited {
 
     /// The sockets for listener `name` at `address` (any address when the config says port 0).
     pub fn take(&mut self, name: &str, address: SocketAddr) -> Option<Vec<TcpListener>> {
-        if let Some(found) = self.sockets.remove(&(name.to_owned(), address)) {
-            return Some(found);
-        }
-        if address.port() == 0 {
-            let key = self.sockets.keys().find(|(n, a)| n == name && a.ip() == address.ip())?.clone();
-            return self.sockets.remove(&key);
-        }
-        None
+        let key = self
+            .sockets
+            .keys()
+            .find(|(n, bound)| n == name && crate::config::compile::same_listener(&address, bound))?
+            .clone();
+        self.sockets.remove(&key)
     }
 
     /// Tells the previous process this one serves; sockets it handed over and nobody took are
