@@ -229,7 +229,7 @@ consumers: [{ name: alice }, { name: bob }]
 
     #[test]
     fn changes_replace_in_place_add_at_the_end_and_delete() {
-        let changes = parse(
+        let changes = parse::<Overlay>(
             r#"{
   "routes": { "three": { "upstream": "a" }, "four": { "upstream": "b" }, "one": null, "ghost": null },
   "upstreams": { "b": null, "c": { "endpoints": ["http://127.0.0.1:3"] } },
@@ -251,7 +251,8 @@ consumers: [{ name: alice }, { name: bob }]
     #[test]
     fn paths_point_at_the_file_or_at_the_change() {
         let changes =
-            parse(r#"{"routes": {"one": null, "new": {"upstream": "x"}}, "upstreams": {"c": null}}"#).unwrap();
+            parse::<Overlay>(r#"{"routes": {"one": null, "new": {"upstream": "x"}}, "upstreams": {"c": null}}"#)
+                .unwrap();
         let merged = changes.apply(&file());
         let mut path = "routes[0].upstream".to_owned();
         assert!(!merged.rewrite(&mut path));
@@ -270,7 +271,7 @@ consumers: [{ name: alice }, { name: bob }]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("changes.json");
         assert_eq!(Overlay::load(&path).unwrap(), Overlay::default(), "no store yet: no changes");
-        let changes =
+        let changes: Overlay =
             parse(r#"{"routes": {"r": {"upstream": "a", "rewrite": "/${HOME}/x"}}, "upstreams": {"u": null}}"#)
                 .unwrap();
         assert_eq!(changes.routes["r"].as_ref().unwrap().rewrite.as_deref(), Some("/${HOME}/x"));

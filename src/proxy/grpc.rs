@@ -141,8 +141,8 @@ pub struct Web {
 }
 
 impl Web {
-    pub fn of(headers: &HeaderMap) -> Option<Web> {
-        let value = headers.get(header::CONTENT_TYPE)?;
+    /// `value`: the request's `Content-Type` (as `content_type` found it).
+    pub fn of(value: &HeaderValue) -> Option<Web> {
         let rest = value.to_str().ok()?.strip_prefix("application/grpc-web")?;
         let (text, suffix) = match rest.strip_prefix("-text") {
             Some(suffix) => (true, suffix),

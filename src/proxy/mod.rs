@@ -314,7 +314,7 @@ impl Exchange<'_> {
         let upgrade = if websocket { tunnel::Upgrade::take(&mut parts.extensions, &parts.headers) } else { None };
         // gRPC-Web from a browser: gRPC for an HTTP/2 upstream.
         let grpc = self.grpc.is_some();
-        let web = if grpc && upstream.http2 { grpc::Web::of(&parts.headers) } else { None };
+        let web = self.grpc.as_ref().filter(|_| upstream.http2).and_then(grpc::Web::of);
         if let Some(web) = &web {
             parts.headers.insert(header::CONTENT_TYPE, web.upstream_type.clone());
             if web.text {
