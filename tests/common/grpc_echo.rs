@@ -241,3 +241,45 @@ impl EchoClient {
         Ok((tx, response.into_inner()))
     }
 }
+
+pub fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits a gRPC-Web answer body into (messages, trailer block).
+pub fn frames(mut body: &[u8]) -> (Vec<String>, String) {
+    use prost::Message;
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        let payload = &body[5..5 + len];
+        if body[0] & 0x80 != 0 {
+            trailers = String::from_utf8(payload.to_vec()).unwrap();
+        } else {
+            messages.push(Note::decode(payload).unwrap().text);
+        }
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "a partial frame is left");
+    (messages, trailers)
+}
+
+/// Decodes a grpc-web-text body: padded base64 pieces one after the other (each frame encoded as
+/// it came). Returns the bytes and the number of pieces.
+pub fn decode_text(text: &str) -> (Vec<u8>, usize) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (mut decoded, mut pieces) = (Vec::new(), 0);
+    let mut rest = text;
+    while !rest.is_empty() {
+        pieces += 1;
+        let end =
+            rest.find('=').map(|i| rest[i..].find(|c| c != '=').map_or(rest.len(), |j| i + j)).unwrap_or(rest.len());
+        decoded.extend(b64.decode(&rest[..end]).unwrap());
+        rest = &rest[end..];
+    }
+    (decoded, pieces)
+}

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tonic::Code;
 
 use crate::common::TestGateway;
-use crate::common::grpc_echo::{EchoClient, EchoServer, note};
+use crate::common::grpc_echo::{EchoClient, EchoServer, decode_text, frame, frames, note};
 
 fn gateway(echo: &EchoServer) -> TestGateway {
     TestGateway::start(&format!(
@@ -117,31 +117,6 @@ async fn the_gateways_own_errors_are_grpc_statuses_and_grpc_timeout_is_a_deadlin
 }
 
 /// A gRPC-Web frame: flag, length, payload.
-fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![flag];
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Splits a gRPC-Web answer body into (messages, trailer block).
-fn frames(mut body: &[u8]) -> (Vec<String>, String) {
-    use prost::Message;
-    let (mut messages, mut trailers) = (Vec::new(), String::new());
-    while body.len() >= 5 {
-        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-        let payload = &body[5..5 + len];
-        if body[0] & 0x80 != 0 {
-            trailers = String::from_utf8(payload.to_vec()).unwrap();
-        } else {
-            messages.push(crate::common::grpc_echo::Note::decode(payload).unwrap().text);
-        }
-        body = &body[5 + len..];
-    }
-    assert!(body.is_empty(), "a partial frame is left");
-    (messages, trailers)
-}
-
 #[tokio::test]
 async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
     use base64::Engine;
@@ -181,16 +156,7 @@ async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
     assert_eq!(reply.header("content-type"), Some("application/grpc-web-text"));
     // Each frame is padded base64 of its own: decode piece by piece.
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
-    let mut decoded = Vec::new();
-    let mut rest = text.as_str();
-    let mut pieces = 0;
-    while !rest.is_empty() {
-        pieces += 1;
-        let end =
-            rest.find('=').map(|i| rest[i..].find(|c| c != '=').map_or(rest.len(), |j| i + j)).unwrap_or(rest.len());
-        decoded.extend(b64.decode(&rest[..end]).unwrap());
-        rest = &rest[end..];
-    }
+    let (decoded, pieces) = decode_text(&text);
     let (messages, trailers) = frames(&decoded);
     assert_eq!(messages, ["part 0", "part 1", "part 2"]);
     assert_eq!(pieces, 4, "three messages and the trailers, each encoded as it came: {text}");
